@@ -1,0 +1,252 @@
+//! The only surface that `#[cache_result]` and `#[cache_user_specific]` expansions use.
+//! Not public API: it changes with the macros, which pin this crate's exact version.
+#![allow(missing_docs)]
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::CacheError;
+use crate::flight::{self, FlightState, Role};
+use crate::key::{escape_segment, ArgsHash, ArgsHasher};
+use crate::store::Cache;
+
+pub use serde;
+
+/// What the attribute knows at compile time about one function.
+pub struct Site {
+    /// Validated `[a-z0-9_-]+` by the macro.
+    pub namespace: &'static str,
+    /// `module_path!()::name`.
+    pub function: &'static str,
+    pub version: u32,
+    /// The signature's tokens (argument and return types), so a changed signature never
+    /// reads old values.
+    pub fingerprint: &'static str,
+    /// 0: the namespace's TTL strategy.
+    pub ttl_secs: u64,
+}
+
+/// The identity of one call: optional user segment and the argument hash.
+pub struct CallKey {
+    user: Option<String>,
+    hash: Option<ArgsHash>,
+}
+
+pub struct KeyBuilder {
+    hasher: ArgsHasher,
+    user: Option<String>,
+}
+
+impl KeyBuilder {
+    pub fn new(site: &'static Site) -> Self {
+        Self {
+            hasher: ArgsHasher::new(site.function, site.version, site.fingerprint),
+            user: None,
+        }
+    }
+
+    /// The user id of a user-specific function: becomes the `user:{id}` segment.
+    pub fn user<U: Display + ?Sized>(&mut self, id: &U) {
+        let id = id.to_string();
+        self.hasher.raw(id.as_bytes());
+        self.user = Some(escape_segment(&id).into_owned());
+    }
+
+    pub fn arg<T: Serialize + ?Sized>(&mut self, value: &T) {
+        self.hasher.arg(value);
+    }
+
+    /// Mixes in a generic parameter, so `f::<u32>` and `f::<String>` never share keys.
+    pub fn type_param<T: ?Sized>(&mut self) {
+        self.hasher.raw(std::any::type_name::<T>().as_bytes());
+    }
+
+    pub fn finish(self) -> CallKey {
+        CallKey {
+            user: self.user,
+            hash: self.hasher.finish(),
+        }
+    }
+}
+
+impl CallKey {
+    fn render(&self, cache: &Cache, site: &Site) -> Option<String> {
+        let hash = self.hash.as_ref()?;
+        Some(
+            cache
+                .keys()
+                .call(site.namespace, self.user.as_deref(), site.function, site.version, hash),
+        )
+    }
+}
+
+fn ttl(cache: &Cache, site: &Site) -> Duration {
+    if site.ttl_secs == 0 {
+        cache.ttl_for(site.namespace)
+    } else {
+        Duration::from_secs(site.ttl_secs)
+    }
+}
+
+/// The full key of a call, for companions that invalidate or inspect one entry.
+pub fn key_of(site: &'static Site, key: &CallKey) -> Option<String> {
+    key.render(crate::global()?, site)
+}
+
+/// Deletes the entry of one call; `Ok(false)` when there was none.
+pub async fn invalidate(site: &'static Site, key: CallKey) -> Result<bool, CacheError> {
+    let Some(cache) = crate::global() else {
+        return Ok(false);
+    };
+    let Some(full) = key.render(cache, site) else {
+        return Ok(false);
+    };
+    cache.backend().delete(&full).await
+}
+
+/// `async fn -> T`: every result is cached.
+pub async fn cached_value<T, Fut>(site: &'static Site, key: CallKey, body: Fut) -> T
+where
+    T: Serialize + DeserializeOwned,
+    Fut: Future<Output = T>,
+{
+    run::<Plain, _, _>(site, key, body).await
+}
+
+/// `async fn -> Result<T, E>`: only `Ok` is cached; `E` needs no trait.
+pub async fn cached_result<T, E, Fut>(site: &'static Site, key: CallKey, body: Fut) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    Fut: Future<Output = Result<T, E>>,
+{
+    run::<OkOnly, _, _>(site, key, body).await
+}
+
+/// `async fn -> Option<T>`: only `Some` is cached (use `cached_value` to cache `None`).
+pub async fn cached_option<T, Fut>(site: &'static Site, key: CallKey, body: Fut) -> Option<T>
+where
+    T: Serialize + DeserializeOwned,
+    Fut: Future<Output = Option<T>>,
+{
+    run::<SomeOnly, _, _>(site, key, body).await
+}
+
+/// Bounds a cache operation by the socket timeout, so a hung server costs at most that.
+async fn bounded<F: Future<Output = Result<R, CacheError>>, R>(
+    cache: &Cache,
+    op: F,
+) -> Result<R, CacheError> {
+    let Some(limit) = cache.op_timeout() else {
+        return op.await;
+    };
+    match tokio::time::timeout(limit, op).await {
+        Ok(r) => r,
+        Err(_) => Err(CacheError::Timeout(limit)),
+    }
+}
+
+/// Which part of a return value is stored, and how a stored value becomes a return value.
+trait Shape<R> {
+    type Stored: Serialize + DeserializeOwned;
+    fn cacheable(result: &R) -> Option<&Self::Stored>;
+    fn rebuild(stored: Self::Stored) -> R;
+}
+
+struct Plain;
+struct OkOnly;
+struct SomeOnly;
+
+impl<T: Serialize + DeserializeOwned> Shape<T> for Plain {
+    type Stored = T;
+    fn cacheable(result: &T) -> Option<&T> {
+        Some(result)
+    }
+    fn rebuild(stored: T) -> T {
+        stored
+    }
+}
+
+impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for OkOnly {
+    type Stored = T;
+    fn cacheable(result: &Result<T, E>) -> Option<&T> {
+        result.as_ref().ok()
+    }
+    fn rebuild(stored: T) -> Result<T, E> {
+        Ok(stored)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Shape<Option<T>> for SomeOnly {
+    type Stored = T;
+    fn cacheable(result: &Option<T>) -> Option<&T> {
+        result.as_ref()
+    }
+    fn rebuild(stored: T) -> Option<T> {
+        Some(stored)
+    }
+}
+
+async fn run<S, R, Fut>(site: &'static Site, key: CallKey, body: Fut) -> R
+where
+    S: Shape<R>,
+    Fut: Future<Output = R>,
+{
+    let (cacheable, rebuild) = (S::cacheable, S::rebuild);
+    let Some(cache) = crate::global() else {
+        return body.await;
+    };
+    let Some(full) = key.render(cache, site) else {
+        tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
+        return body.await;
+    };
+    match bounded(cache, cache.get_raw::<S::Stored>(site.namespace, &full)).await {
+        Ok(Some(v)) => return rebuild(v),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
+        }
+    }
+    let leader = match cache.inner.flights.join(&full) {
+        Role::Follower(rx) => {
+            tracing::debug!(target: "cache_runtime::store", key = %full, "waiting for the call in flight");
+            if let FlightState::Done(bytes) = flight::wait(rx).await {
+                if let Ok(v) = cache.codec().decode::<S::Stored>(&bytes) {
+                    return rebuild(v);
+                }
+            }
+            return body.await;
+        }
+        Role::Leader(leader) => leader,
+    };
+    let result = body.await;
+    let Some(value) = cacheable(&result) else {
+        tracing::debug!(target: "cache_runtime::store", key = %full, "skip: result not cacheable");
+        leader.publish(FlightState::NotCached);
+        return result;
+    };
+    let Ok(bytes) = cache.encode(site.namespace, &full, value) else {
+        leader.publish(FlightState::NotCached);
+        return result;
+    };
+    if leader.has_followers() {
+        leader.publish(FlightState::Done(bytes.as_slice().into()));
+    }
+    let index = key
+        .user
+        .as_deref()
+        .map(|user| cache.keys().user_index_escaped(user));
+    let ttl = ttl(cache, site);
+    if let Err(e) = bounded(
+        cache,
+        cache.set_bytes(site.namespace, &full, &bytes, Some(ttl), index.as_deref()),
+    )
+    .await
+    {
+        tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache write failed; the result is returned uncached");
+    }
+    drop(leader);
+    result
+}

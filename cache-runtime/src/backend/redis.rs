@@ -1,0 +1,501 @@
+//! Redis standalone over TCP or TLS (rustls), through a bounded set of auto-reconnecting
+//! multiplexed connections ("lanes").
+//!
+//! Why lanes: one multiplexed connection answers in order, so a 32 MiB value in flight
+//! stalls every small request queued behind it. Each request takes the lane with the fewest
+//! requests in flight; when every lane is busy and fewer than
+//! `REDIS_CONNECTION_POOL_MAX_SIZE` exist, another is opened in the background. Each lane is
+//! a `ConnectionManager`, which reconnects after a server restart (a bare
+//! `MultiplexedConnection` never does).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, Value};
+
+use super::KeyTtl;
+use crate::config::{CertReqs, RedisConfig};
+use crate::error::CacheError;
+
+/// Keys per SCAN / SSCAN page and per UNLINK batch.
+const BATCH: usize = 500;
+/// After a failed connect, calls fail fast for this long before the next attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+struct Lane {
+    conn: ConnectionManager,
+    in_flight: AtomicUsize,
+}
+
+/// Decrements the lane's in-flight count however the request ends (also on cancel).
+struct InFlight<'a>(&'a Lane);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Pool statistics for the health report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `REDIS_CONNECTION_POOL_MAX_SIZE`.
+    pub max_connections: usize,
+    /// Connections opened so far.
+    pub created_connections: usize,
+    /// Connections that could take a request without sharing it: `max - busy`.
+    pub available_connections: usize,
+}
+
+pub(crate) struct RedisBackend {
+    client: Client,
+    config: Arc<RedisConfig>,
+    lanes: RwLock<Vec<Arc<Lane>>>,
+    opening: tokio::sync::Mutex<()>,
+    /// Milliseconds since `epoch` before which no connect is attempted.
+    retry_after_ms: AtomicU64,
+    epoch: Instant,
+    opening_in_background: std::sync::atomic::AtomicBool,
+}
+
+impl RedisBackend {
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, CacheError> {
+        install_crypto_provider();
+        let client = build_client(config)?;
+        if let Some(tls) = &config.tls {
+            match tls.cert_reqs {
+                CertReqs::Required => {}
+                CertReqs::Optional => tracing::warn!(
+                    target: "cache_runtime::connection",
+                    endpoint = %config.endpoint(),
+                    "REDIS_SSL_CERT_REQS=optional: the certificate chain is verified but the host name is NOT; use required in production"
+                ),
+                CertReqs::None => tracing::warn!(
+                    target: "cache_runtime::connection",
+                    endpoint = %config.endpoint(),
+                    "REDIS_SSL_CERT_REQS=none: TLS certificates are NOT verified, anyone on the path can impersonate the server; never use this in production"
+                ),
+            }
+        }
+        Ok(Self {
+            client,
+            config: Arc::new(config.clone()),
+            lanes: RwLock::new(Vec::new()),
+            opening: tokio::sync::Mutex::new(()),
+            retry_after_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            opening_in_background: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        let lanes = self.lanes.read().unwrap_or_else(PoisonError::into_inner);
+        let busy = lanes
+            .iter()
+            .filter(|l| l.in_flight.load(Ordering::Relaxed) > 0)
+            .count();
+        PoolStats {
+            max_connections: self.config.pool_max_size,
+            created_connections: lanes.len(),
+            available_connections: self.config.pool_max_size.saturating_sub(busy),
+        }
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.config.socket_timeout))
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    async fn open_lane(&self) -> Result<Arc<Lane>, CacheError> {
+        let connect = ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
+        // The driver bounds each attempt; this bounds the whole, retries included.
+        let conn = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(map_error(&e, &self.config)),
+            Err(_) => {
+                return Err(CacheError::Unreachable {
+                    endpoint: self.config.endpoint(),
+                    detail: format!(
+                        "no connection within REDIS_SOCKET_CONNECT_TIMEOUT ({:?})",
+                        self.config.connect_timeout
+                    ),
+                })
+            }
+        };
+        let lane = Arc::new(Lane {
+            conn,
+            in_flight: AtomicUsize::new(0),
+        });
+        let mut lanes = self.lanes.write().unwrap_or_else(PoisonError::into_inner);
+        lanes.push(Arc::clone(&lane));
+        tracing::debug!(
+            target: "cache_runtime::connection",
+            endpoint = %self.config.endpoint(),
+            connections = lanes.len(),
+            "opened connection"
+        );
+        Ok(lane)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The first lane: opened on first use, so an application starts while Redis is down.
+    async fn first_lane(&self) -> Result<Arc<Lane>, CacheError> {
+        if self.now_ms() < self.retry_after_ms.load(Ordering::Relaxed) {
+            return Err(CacheError::Unavailable);
+        }
+        let _guard = self.opening.lock().await;
+        if let Some(lane) = self.pick() {
+            return Ok(lane);
+        }
+        if self.now_ms() < self.retry_after_ms.load(Ordering::Relaxed) {
+            return Err(CacheError::Unavailable);
+        }
+        match self.open_lane().await {
+            Ok(lane) => Ok(lane),
+            Err(e) => {
+                let backoff = u64::try_from(RECONNECT_BACKOFF.as_millis()).unwrap_or(500);
+                self.retry_after_ms
+                    .store(self.now_ms() + backoff, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "cache_runtime::connection",
+                    endpoint = %self.config.endpoint(),
+                    error = %e,
+                    "cannot connect to Redis; calls run without the cache until it is reachable"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The least-loaded lane, if any exists.
+    fn pick(&self) -> Option<Arc<Lane>> {
+        let lanes = self.lanes.read().unwrap_or_else(PoisonError::into_inner);
+        let lane = lanes
+            .iter()
+            .min_by_key(|l| l.in_flight.load(Ordering::Relaxed))?;
+        Some(Arc::clone(lane))
+    }
+
+    fn grow_in_background(self: &Arc<Self>) {
+        let len = self.lanes.read().unwrap_or_else(PoisonError::into_inner).len();
+        if len >= self.config.pool_max_size
+            || self
+                .opening_in_background
+                .swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.open_lane().await {
+                tracing::debug!(target: "cache_runtime::connection", error = %e, "could not open an extra connection");
+            }
+            this.opening_in_background.store(false, Ordering::Release);
+        });
+    }
+
+    async fn lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
+        match self.pick() {
+            Some(lane) => {
+                if lane.in_flight.load(Ordering::Relaxed) > 0 {
+                    self.grow_in_background();
+                }
+                Ok(lane)
+            }
+            None => self.first_lane().await,
+        }
+    }
+
+    /// Runs one command (or pipeline) on the least-loaded lane.
+    async fn query<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
+        let lane = self.lane().await?;
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&lane);
+        let mut conn = lane.conn.clone();
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| map_error(&e, &self.config))
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        let lane = self.lane().await?;
+        lane.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&lane);
+        let mut conn = lane.conn.clone();
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| map_error(&e, &self.config))
+    }
+
+    pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    pub(crate) async fn set(
+        self: &Arc<Self>,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        index: Option<&str>,
+    ) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        let set = pipe.cmd("SET").arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            set.arg("PX").arg(duration_ms(ttl));
+        }
+        set.ignore();
+        if let Some(index) = index {
+            pipe.cmd("SADD").arg(index).arg(key).ignore();
+            if let Some(ttl) = ttl {
+                // The index lives as long as its longest-lived key (NX: first set, GT: longer).
+                let ms = duration_ms(ttl);
+                pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("GT").ignore();
+            } else {
+                pipe.cmd("PERSIST").arg(index).ignore();
+            }
+        }
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    pub(crate) async fn delete(self: &Arc<Self>, key: &str) -> Result<bool, CacheError> {
+        let n: u64 = self.query(redis::cmd("UNLINK").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    pub(crate) async fn exists(self: &Arc<Self>, key: &str) -> Result<bool, CacheError> {
+        let n: u64 = self.query(redis::cmd("EXISTS").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    pub(crate) async fn ttl(self: &Arc<Self>, key: &str) -> Result<KeyTtl, CacheError> {
+        let ms: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        Ok(match ms {
+            -2 => KeyTtl::Missing,
+            -1 => KeyTtl::Persistent,
+            ms => KeyTtl::ExpiresIn(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        })
+    }
+
+    pub(crate) async fn incr(self: &Arc<Self>, key: &str, amount: i64) -> Result<i64, CacheError> {
+        self.query(redis::cmd("INCRBY").arg(key).arg(amount))
+            .await
+            .map_err(|e| match e {
+                CacheError::Redis(detail) if detail.contains("not an integer") || detail.contains("overflow") => {
+                    CacheError::NotACounter(detail)
+                }
+                CacheError::Decode { detail, .. } => CacheError::NotACounter(detail),
+                other => other,
+            })
+    }
+
+    /// SCAN + UNLINK in batches (never KEYS, never FLUSHDB); returns how many were deleted.
+    pub(crate) async fn clear_prefix(self: &Arc<Self>, prefix: &str) -> Result<u64, CacheError> {
+        let pattern = format!("{prefix}*");
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(BATCH),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Deletes the keys listed in a user index (only those starting with `member_prefix`
+    /// when given). Costs in proportion to that user's keys, whatever the database holds.
+    pub(crate) async fn clear_index(
+        self: &Arc<Self>,
+        index: &str,
+        member_prefix: Option<&str>,
+    ) -> Result<u64, CacheError> {
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let mut scan = redis::cmd("SSCAN");
+            scan.arg(index).arg(cursor);
+            if let Some(p) = member_prefix {
+                scan.arg("MATCH").arg(format!("{p}*"));
+            }
+            scan.arg("COUNT").arg(BATCH);
+            let (next, keys): (u64, Vec<String>) = self.query(&scan).await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                pipe.cmd("UNLINK").arg(&keys);
+                pipe.cmd("SREM").arg(index).arg(&keys).ignore();
+                let (n,): (u64,) = self.query_pipe(&pipe).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Round trip of a PING.
+    pub(crate) async fn ping(self: &Arc<Self>) -> Result<Duration, CacheError> {
+        let start = Instant::now();
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(start.elapsed())
+    }
+
+    /// `INFO <section>` as text (health and stats).
+    pub(crate) async fn info(self: &Arc<Self>, section: &str) -> Result<String, CacheError> {
+        self.query(redis::cmd("INFO").arg(section)).await
+    }
+
+    /// Any command, for health and tools. Not for values.
+    pub(crate) async fn raw(self: &Arc<Self>, cmd: &redis::Cmd) -> Result<Value, CacheError> {
+        self.query(cmd).await
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// rustls needs a process-wide crypto provider; ring keeps the build free of cmake.
+pub(crate) fn install_crypto_provider() {
+    // Err means one is installed already (by us or by the application): keep it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn read_file(var: &'static str, path: &std::path::Path) -> Result<Vec<u8>, CacheError> {
+    std::fs::read(path).map_err(|e| {
+        CacheError::Config(crate::config::ConfigError::Unreadable {
+            var,
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    })
+}
+
+pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
+    let mut redis_info = redis::RedisConnectionInfo::default().set_db(config.db);
+    if let Some(user) = &config.username {
+        redis_info = redis_info.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        redis_info = redis_info.set_password(password.expose());
+    }
+    let Some(tls) = &config.tls else {
+        let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
+            .into_connection_info()
+            .map_err(|e| map_error(&e, config))?
+            .set_redis_settings(redis_info);
+        return Client::open(info).map_err(|e| map_error(&e, config));
+    };
+    let addr = ConnectionAddr::TcpTls {
+        host: config.host.clone(),
+        port: config.port,
+        insecure: tls.cert_reqs == CertReqs::None,
+        tls_params: None,
+    };
+    let info = addr
+        .into_connection_info()
+        .map_err(|e| map_error(&e, config))?
+        .set_redis_settings(redis_info);
+    let client_tls = match (&tls.certfile, &tls.keyfile) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_file("REDIS_SSL_CERTFILE", cert)?,
+            client_key: read_file("REDIS_SSL_KEYFILE", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls
+        .ca_certs
+        .as_deref()
+        .map(|p| read_file("REDIS_SSL_CA_CERTS", p))
+        .transpose()?;
+    let certs = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    let client = Client::build_with_tls(info, certs).map_err(|e| CacheError::Tls {
+        endpoint: config.endpoint(),
+        detail: format!("{e}; check that REDIS_SSL_CA_CERTS, REDIS_SSL_CERTFILE and REDIS_SSL_KEYFILE are PEM files"),
+    })?;
+    if tls.cert_reqs != CertReqs::Optional {
+        return Ok(client);
+    }
+    // Optional: verify the chain, accept any host name.
+    let info = client.get_connection_info().clone();
+    let mut addr = info.addr().clone();
+    addr.set_danger_accept_invalid_hostnames(true);
+    Client::open(info.set_addr(addr)).map_err(|e| map_error(&e, config))
+}
+
+fn looks_like_tls(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    ["certificate", "tls", "ssl", "handshake", "unknownissuer", "notvalidforname", "invalid peer"]
+        .iter()
+        .any(|n| t.contains(n))
+}
+
+/// Turns a driver error into one that says what to do. Never includes the password: the
+/// driver's messages do not carry it, and we add only host and port.
+pub(crate) fn map_error(e: &RedisError, config: &RedisConfig) -> CacheError {
+    let text = e.to_string();
+    let code = e.code().unwrap_or("");
+    if matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
+        || e.kind() == ErrorKind::AuthenticationFailed
+    {
+        return CacheError::Auth { detail: text };
+    }
+    if code == "WRONGTYPE" {
+        return CacheError::Decode {
+            codec: "redis",
+            detail: "the key holds a non-string Redis type".to_owned(),
+        };
+    }
+    if e.is_timeout() {
+        return CacheError::Timeout(config.socket_timeout);
+    }
+    if config.tls.is_some() && looks_like_tls(&format!("{text} {e:?}")) {
+        return CacheError::Tls {
+            endpoint: config.endpoint(),
+            detail: text,
+        };
+    }
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        return CacheError::Unreachable {
+            endpoint: config.endpoint(),
+            detail: text,
+        };
+    }
+    CacheError::Redis(text)
+}

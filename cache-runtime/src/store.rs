@@ -1,0 +1,415 @@
+//! The cache handle and its typed, namespaced operations (the seed's `redis_service`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::backend::{Backend, KeyTtl, PoolStats};
+use crate::codec::CodecKind;
+use crate::config::{BackendConfig, CacheConfig};
+use crate::error::CacheError;
+use crate::flight::Flights;
+use crate::key::KeyBuilder;
+use crate::namespace::{self, Namespace};
+
+/// Hit, miss, store and error counts of one namespace.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stores: AtomicU64,
+    pub(crate) errors: AtomicU64,
+}
+
+/// A snapshot of one namespace's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NamespaceCounters {
+    /// Reads that found a value.
+    pub hits: u64,
+    /// Reads that found nothing usable.
+    pub misses: u64,
+    /// Values written.
+    pub stores: u64,
+    /// Cache operations that failed (the call still returned its result).
+    pub errors: u64,
+    /// `hits / (hits + misses)`, `None` before the first read.
+    pub hit_ratio: Option<f64>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+    pub(crate) keys: KeyBuilder,
+    pub(crate) config: CacheConfig,
+    counters: RwLock<HashMap<String, Arc<Counters>>>,
+    pub(crate) flights: Flights,
+}
+
+/// A cache: the embedded store or a Redis connection pool, plus key layout and codec.
+///
+/// Cheap to clone (an `Arc`). Decorated functions use the global one ([`crate::global`]);
+/// tests and embedders can create as many independent ones as they like.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use cache_runtime::Cache;
+/// use std::time::Duration;
+///
+/// let cache = Cache::in_memory();
+/// let ns = cache.namespace("custom")?;
+/// ns.set("key", &"value", Some(Duration::from_secs(3600))).await?;
+/// assert_eq!(ns.get::<String>("key").await?.as_deref(), Some("value"));
+/// assert_eq!(ns.increment("counter", 5).await?, 5);
+/// # Ok::<_, cache_runtime::CacheError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.inner.backend.kind())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A cache over the configured store. Connects lazily: an unreachable Redis does not
+    /// fail here (calls run without the cache until it is up); only invalid settings do.
+    pub fn new(config: CacheConfig) -> Result<Self, CacheError> {
+        let backend = Backend::new(&config)?;
+        match &config.backend {
+            BackendConfig::Memory(m) => tracing::info!(
+                target: "cache_runtime::connection",
+                max_entries = m.max_entries,
+                max_bytes = m.max_bytes,
+                "no REDIS_URL or REDIS_HOST set: using the embedded in-process cache (not shared between processes)"
+            ),
+            BackendConfig::Redis(r) => tracing::info!(
+                target: "cache_runtime::connection",
+                redis = %r,
+                "using Redis"
+            ),
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                keys: KeyBuilder::new(config.key_prefix.clone()),
+                config,
+                counters: RwLock::default(),
+                flights: Flights::default(),
+            }),
+        })
+    }
+
+    /// A cache from the environment (and `.env`); see [`CacheConfig::from_env`].
+    pub fn from_env() -> Result<Self, CacheError> {
+        Self::new(CacheConfig::from_env()?)
+    }
+
+    /// The embedded store with default bounds.
+    pub fn in_memory() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend: Backend::Memory(crate::backend::memory::MemoryBackend::new(
+                    &crate::config::MemoryConfig::default(),
+                )),
+                keys: KeyBuilder::new(crate::config::DEFAULT_KEY_PREFIX),
+                config: CacheConfig::default(),
+                counters: RwLock::default(),
+                flights: Flights::default(),
+            }),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    /// The key layout (prefix) in force.
+    pub fn keys(&self) -> &KeyBuilder {
+        &self.inner.keys
+    }
+
+    /// `"redis"` or `"embedded"`.
+    pub fn backend_kind(&self) -> &'static str {
+        self.inner.backend.kind()
+    }
+
+    /// Operations scoped to one namespace (validated: `[a-z0-9_-]{1,64}`).
+    pub fn namespace(&self, name: &str) -> Result<NamespaceCache<'_>, CacheError> {
+        let ns = Namespace::new(name.to_owned())?;
+        Ok(NamespaceCache { cache: self, ns })
+    }
+
+    /// Operations scoped to a [`Namespace`].
+    pub fn scoped(&self, ns: Namespace) -> NamespaceCache<'_> {
+        NamespaceCache { cache: self, ns }
+    }
+
+    /// Deletes every key of a namespace with SCAN + UNLINK in batches; returns the count.
+    pub async fn clear_namespace(&self, name: &str) -> Result<u64, CacheError> {
+        self.namespace(name)?.clear().await
+    }
+
+    /// A round trip to the store.
+    pub async fn ping(&self) -> Result<Duration, CacheError> {
+        self.inner.backend.ping().await
+    }
+
+    /// Connection pool statistics (`None` for the embedded store).
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        match &self.inner.backend {
+            Backend::Redis(r) => Some(r.pool_stats()),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Counters of every namespace used so far.
+    pub fn counters(&self) -> HashMap<String, NamespaceCounters> {
+        let map = self
+            .inner
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .map(|(ns, c)| {
+                let hits = c.hits.load(Ordering::Relaxed);
+                let misses = c.misses.load(Ordering::Relaxed);
+                let reads = hits + misses;
+                (
+                    ns.clone(),
+                    NamespaceCounters {
+                        hits,
+                        misses,
+                        stores: c.stores.load(Ordering::Relaxed),
+                        errors: c.errors.load(Ordering::Relaxed),
+                        hit_ratio: (reads > 0).then(|| hits as f64 / reads as f64),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn counters_for(&self, namespace: &str) -> Arc<Counters> {
+        if let Some(c) = self
+            .inner
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(namespace)
+        {
+            return Arc::clone(c);
+        }
+        let mut map = self
+            .inner
+            .counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(namespace.to_owned()).or_default())
+    }
+
+    /// The bound on one cache operation of a decorated call (`None`: in-process, no I/O).
+    pub(crate) fn op_timeout(&self) -> Option<Duration> {
+        match &self.inner.config.backend {
+            BackendConfig::Redis(r) => Some(r.socket_timeout),
+            BackendConfig::Memory(_) => None,
+        }
+    }
+
+    pub(crate) fn codec(&self) -> CodecKind {
+        self.inner.config.codec
+    }
+
+    pub(crate) fn ttl_for(&self, namespace: &str) -> Duration {
+        namespace::ttl_for(namespace, self.inner.config.ttl_default)
+    }
+
+    /// Reads and decodes; an undecodable value is a miss (logged), a backend error is an error.
+    pub(crate) async fn get_raw<T: DeserializeOwned>(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
+        let counters = self.counters_for(namespace);
+        let start = Instant::now();
+        let bytes = match self.inner.backend.get(key).await {
+            Ok(b) => b,
+            Err(CacheError::Decode { detail, .. }) => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "cache_runtime::store", key, detail, "value of another type at key; treated as a miss");
+                return Ok(None);
+            }
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let Some(bytes) = bytes else {
+            counters.misses.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target: "cache_runtime::store", key, latency_us = start.elapsed().as_micros() as u64, "miss");
+            return Ok(None);
+        };
+        match self.codec().decode::<T>(&bytes) {
+            Ok(v) => {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), latency_us = start.elapsed().as_micros() as u64, "hit");
+                Ok(Some(v))
+            }
+            Err(e) => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "cache_runtime::store", key, error = %e, "undecodable value; treated as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Encodes and writes with a TTL (and registers the key in a user index when given).
+    pub(crate) async fn set_raw<T: Serialize + ?Sized>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        index: Option<&str>,
+    ) -> Result<(), CacheError> {
+        let bytes = self.encode(namespace, key, value)?;
+        self.set_bytes(namespace, key, &bytes, ttl, index).await
+    }
+
+    pub(crate) fn encode<T: Serialize + ?Sized>(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
+        self.codec()
+            .encode(value, self.inner.config.max_value_bytes)
+            .inspect_err(|e| {
+                self.counters_for(namespace)
+                    .errors
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
+            })
+    }
+
+    pub(crate) async fn set_bytes(
+        &self,
+        namespace: &str,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        index: Option<&str>,
+    ) -> Result<(), CacheError> {
+        let counters = self.counters_for(namespace);
+        let start = Instant::now();
+        match self.inner.backend.set(key, bytes, ttl, index).await {
+            Ok(()) => {
+                counters.stores.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), ttl_s = ttl.map(|t| t.as_secs()), latency_us = start.elapsed().as_micros() as u64, "store");
+                Ok(())
+            }
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+}
+
+/// Typed operations within one namespace: keys are `{prefix}:{namespace}:{escaped key}`.
+///
+/// Obtained from [`Cache::namespace`] or [`Cache::scoped`].
+#[derive(Clone, Debug)]
+pub struct NamespaceCache<'a> {
+    cache: &'a Cache,
+    ns: Namespace,
+}
+
+impl NamespaceCache<'_> {
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The full Redis key of `key` in this namespace.
+    pub fn key(&self, key: &str) -> String {
+        self.cache.inner.keys.manual(self.ns.as_str(), key)
+    }
+
+    /// Stores `value`; `ttl: None` uses the namespace's TTL strategy.
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(self.ns.as_str()));
+        if ttl.is_zero() {
+            return Err(CacheError::Redis(
+                "a TTL of zero would store nothing; use delete() or a TTL of at least 1 ms".into(),
+            ));
+        }
+        self.cache
+            .set_raw(self.ns.as_str(), &self.key(key), value, Some(ttl), None)
+            .await
+    }
+
+    /// Reads a value; `None` when missing, expired or not decodable as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        self.cache.get_raw(self.ns.as_str(), &self.key(key)).await
+    }
+
+    /// Deletes; `true` when the key existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        self.cache.backend().delete(&self.key(key)).await
+    }
+
+    /// Whether the key exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        self.cache.backend().exists(&self.key(key)).await
+    }
+
+    /// Remaining lifetime of the key.
+    pub async fn get_ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
+        self.cache.backend().ttl(&self.key(key)).await
+    }
+
+    /// Adds `amount` (may be negative) to an integer counter, creating it at 0; returns the
+    /// new value. Counters are plain Redis integers: read them with [`get_counter`](Self::get_counter).
+    pub async fn increment(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+        self.cache.backend().incr(&self.key(key), amount).await
+    }
+
+    /// The current value of a counter made by [`increment`](Self::increment).
+    pub async fn get_counter(&self, key: &str) -> Result<Option<i64>, CacheError> {
+        let Some(bytes) = self.cache.backend().get(&self.key(key)).await? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| CacheError::NotACounter("value is not an integer".into()))
+    }
+
+    /// Deletes every key of the namespace (SCAN + UNLINK); returns how many were deleted.
+    pub async fn clear(&self) -> Result<u64, CacheError> {
+        let prefix = format!("{}:{}:", self.cache.inner.keys.prefix(), self.ns);
+        let n = self.cache.backend().clear_prefix(&prefix).await?;
+        tracing::info!(target: "cache_runtime::store", namespace = %self.ns, deleted = n, "cleared namespace");
+        Ok(n)
+    }
+}
