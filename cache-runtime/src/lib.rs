@@ -27,8 +27,10 @@ pub mod config;
 pub mod error;
 mod flight;
 mod global;
+pub mod health;
 pub mod key;
 mod namespace;
+pub mod service;
 mod store;
 
 #[doc(hidden)]

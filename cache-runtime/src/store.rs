@@ -46,6 +46,7 @@ pub(crate) struct Inner {
     pub(crate) config: CacheConfig,
     counters: RwLock<HashMap<String, Arc<Counters>>>,
     pub(crate) flights: Flights,
+    pub(crate) started: Instant,
 }
 
 /// A cache: the embedded store or a Redis connection pool, plus key layout and codec.
@@ -105,6 +106,7 @@ impl Cache {
                 config,
                 counters: RwLock::default(),
                 flights: Flights::default(),
+                started: Instant::now(),
             }),
         })
     }
@@ -125,6 +127,7 @@ impl Cache {
                 config: CacheConfig::default(),
                 counters: RwLock::default(),
                 flights: Flights::default(),
+                started: Instant::now(),
             }),
         }
     }
@@ -158,6 +161,34 @@ impl Cache {
     /// Deletes every key of a namespace with SCAN + UNLINK in batches; returns the count.
     pub async fn clear_namespace(&self, name: &str) -> Result<u64, CacheError> {
         self.namespace(name)?.clear().await
+    }
+
+    /// Deletes every entry of one user in every namespace (service data and
+    /// `#[cache_user_specific]` results); returns how many were deleted.
+    ///
+    /// Reads the user's index set, so it costs in proportion to that user's keys, and it
+    /// never touches another user's keys, whatever characters the ids contain.
+    pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
+        let index = self.inner.keys.user_index(user_id);
+        let n = self.inner.backend.clear_index(&index, None).await?;
+        tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
+        Ok(n)
+    }
+
+    /// Deletes one user's entries in one namespace; returns how many were deleted.
+    pub async fn clear_user_in(&self, namespace: &Namespace, user_id: &str) -> Result<u64, CacheError> {
+        let index = self.inner.keys.user_index(user_id);
+        let prefix = self
+            .inner
+            .keys
+            .user_namespace_prefix(namespace.as_str(), user_id);
+        let n = self
+            .inner
+            .backend
+            .clear_index(&index, Some(&prefix))
+            .await?;
+        tracing::info!(target: "cache_runtime::store", namespace = %namespace, deleted = n, "cleared a user's cache in one namespace");
+        Ok(n)
     }
 
     /// A round trip to the store.

@@ -241,12 +241,21 @@ impl MemoryBackend {
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    /// Keys per namespace: exact, the store is in this process.
-    pub(crate) fn count_prefix(&self, prefix: &str) -> u64 {
+    /// Live keys per namespace under `prefix` (`{prefix}{namespace}:…`): exact, the store
+    /// is in this process.
+    pub(crate) fn namespaces(&self, prefix: &str) -> HashMap<String, u64> {
         let now = Instant::now();
-        self.cache
-            .iter()
-            .filter(|(k, e)| k.starts_with(prefix) && e.expires_at.is_none_or(|at| at > now))
-            .count() as u64
+        let mut out = HashMap::new();
+        for (key, entry) in self.cache.iter() {
+            if entry.expires_at.is_some_and(|at| at <= now) {
+                continue;
+            }
+            if let Some((ns, _)) = key.strip_prefix(prefix).and_then(|rest| rest.split_once(':')) {
+                if crate::namespace::is_valid(ns) {
+                    *out.entry(ns.to_owned()).or_insert(0) += 1;
+                }
+            }
+        }
+        out
     }
 }

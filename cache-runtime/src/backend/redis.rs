@@ -38,6 +38,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Result of [`RedisBackend::count_namespaces`].
+#[derive(Default)]
+pub(crate) struct NamespaceCount {
+    pub(crate) by_namespace: std::collections::HashMap<String, u64>,
+    pub(crate) scanned: u64,
+    pub(crate) complete: bool,
+}
+
 /// Pool statistics for the health report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolStats {
@@ -88,10 +96,6 @@ impl RedisBackend {
             epoch: Instant::now(),
             opening_in_background: std::sync::atomic::AtomicBool::new(false),
         })
-    }
-
-    pub(crate) fn config(&self) -> &RedisConfig {
-        &self.config
     }
 
     pub(crate) fn pool_stats(&self) -> PoolStats {
@@ -361,6 +365,40 @@ impl RedisBackend {
             }
             if next == 0 {
                 return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Counts our keys per namespace with one SCAN pass, stopping at `max_keys` examined or
+    /// after `max_time`, whichever comes first.
+    pub(crate) async fn count_namespaces(
+        self: &Arc<Self>,
+        prefix: &str,
+        max_keys: u64,
+        max_time: Duration,
+    ) -> Result<NamespaceCount, CacheError> {
+        let start = Instant::now();
+        let mut count = NamespaceCount::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
+                .await?;
+            count.scanned += keys.len() as u64;
+            for key in &keys {
+                if let Some((ns, _)) = key.strip_prefix(prefix).and_then(|r| r.split_once(':')) {
+                    if crate::namespace::is_valid(ns) {
+                        *count.by_namespace.entry(ns.to_owned()).or_insert(0) += 1;
+                    }
+                }
+            }
+            if next == 0 {
+                count.complete = true;
+                return Ok(count);
+            }
+            if count.scanned >= max_keys || start.elapsed() >= max_time {
+                return Ok(count);
             }
             cursor = next;
         }
