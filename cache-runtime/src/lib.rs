@@ -28,6 +28,8 @@ pub mod error;
 mod flight;
 mod global;
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 mod namespace;
 pub mod service;
