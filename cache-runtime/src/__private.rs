@@ -75,11 +75,13 @@ impl KeyBuilder {
 impl CallKey {
     fn render(&self, cache: &Cache, site: &Site) -> Option<String> {
         let hash = self.hash.as_ref()?;
-        Some(
-            cache
-                .keys()
-                .call(site.namespace, self.user.as_deref(), site.function, site.version, hash),
-        )
+        Some(cache.keys().call(
+            site.namespace,
+            self.user.as_deref(),
+            site.function,
+            site.version,
+            hash,
+        ))
     }
 }
 

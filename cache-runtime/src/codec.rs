@@ -54,7 +54,11 @@ impl CodecKind {
     }
 
     /// Encodes `value` into a fresh envelope, refusing results above `limit` bytes.
-    pub fn encode<T: Serialize + ?Sized>(self, value: &T, limit: usize) -> Result<Vec<u8>, CacheError> {
+    pub fn encode<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        limit: usize,
+    ) -> Result<Vec<u8>, CacheError> {
         let mut out = Vec::with_capacity(64);
         out.push(FORMAT_V1);
         out.push(self.id());
@@ -96,7 +100,9 @@ impl CodecKind {
                         .deserialize(payload)
                         .map_err(|e| decode_err(e.to_string()))
                 }
-                Self::Json => serde_json::from_slice(payload).map_err(|e| decode_err(e.to_string())),
+                Self::Json => {
+                    serde_json::from_slice(payload).map_err(|e| decode_err(e.to_string()))
+                }
             },
             [FORMAT_V1, codec, ..] => Err(decode_err(format!(
                 "envelope codec {codec} is not {} ({})",
@@ -145,7 +151,10 @@ mod tests {
         assert!(CodecKind::Bincode.decode::<u32>(b"hello").is_err());
         assert!(CodecKind::Bincode.decode::<u32>(&[]).is_err());
         let as_u64 = CodecKind::Bincode.encode(&7u64, 64).unwrap();
-        assert!(CodecKind::Bincode.decode::<u32>(&as_u64).is_err(), "trailing bytes");
+        assert!(
+            CodecKind::Bincode.decode::<u32>(&as_u64).is_err(),
+            "trailing bytes"
+        );
         assert!(CodecKind::Bincode.decode::<Metrics>(&as_u64).is_err());
     }
 

@@ -341,8 +341,7 @@ impl CacheConfig {
         }
         if let Some(v) = get("REDIS_SOCKET_CONNECT_TIMEOUT") {
             record(
-                parse_secs("REDIS_SOCKET_CONNECT_TIMEOUT", &v)
-                    .map(|x| b.connect_timeout = Some(x)),
+                parse_secs("REDIS_SOCKET_CONNECT_TIMEOUT", &v).map(|x| b.connect_timeout = Some(x)),
             );
         }
         if let Some(v) = get("REDIS_TTL_DEFAULT") {
@@ -616,7 +615,11 @@ impl CacheConfigBuilder {
 
     /// `REDIS_SSL_CERTFILE` and `REDIS_SSL_KEYFILE`: a client certificate for mutual TLS.
     #[must_use]
-    pub fn client_cert(mut self, certfile: impl Into<PathBuf>, keyfile: impl Into<PathBuf>) -> Self {
+    pub fn client_cert(
+        mut self,
+        certfile: impl Into<PathBuf>,
+        keyfile: impl Into<PathBuf>,
+    ) -> Self {
         self.certfile = Some(certfile.into());
         self.keyfile = Some(keyfile.into());
         self
@@ -653,7 +656,9 @@ impl CacheConfigBuilder {
         let backend = if self.url.is_some() || self.host.is_some() {
             BackendConfig::Redis(self.redis()?)
         } else {
-            let entries = self.memory_max_entries.unwrap_or(DEFAULT_MEMORY_MAX_ENTRIES);
+            let entries = self
+                .memory_max_entries
+                .unwrap_or(DEFAULT_MEMORY_MAX_ENTRIES);
             let bytes = self.memory_max_bytes.unwrap_or(DEFAULT_MEMORY_MAX_BYTES);
             if entries == 0 || bytes == 0 {
                 return Err(invalid(
@@ -726,7 +731,10 @@ impl CacheConfigBuilder {
                     "use a host name or IP address only, e.g. redis-12345.c1.us-east-1-1.ec2.cloud.redislabs.com",
                 ));
             }
-            cfg.host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            cfg.host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             None
         };
         let tls = match (tls_from_scheme, self.ssl) {
@@ -831,7 +839,11 @@ fn parse_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
             ))
         }
     };
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let username = Some(url.username()).filter(|u| !u.is_empty()).map(decode);
     let password = url.password().map(|p| Password(decode(p)));
     let path = url.path().trim_start_matches('/');
@@ -903,7 +915,10 @@ mod tests {
     #[test]
     fn url_wins_and_decodes() {
         let c = vars(&[
-            ("REDIS_URL", "rediss://default:p%40ss%3Aw0rd@redis.example.com:12345/3"),
+            (
+                "REDIS_URL",
+                "rediss://default:p%40ss%3Aw0rd@redis.example.com:12345/3",
+            ),
             ("REDIS_HOST", "ignored.example.com"),
             ("REDIS_PORT", "1"),
         ])
@@ -914,9 +929,15 @@ mod tests {
         assert_eq!(r.db, 3);
         assert_eq!(r.username.as_deref(), Some("default"));
         assert_eq!(r.password.as_ref().map(Password::expose), Some("p@ss:w0rd"));
-        assert_eq!(r.tls.as_ref().map(|t| t.cert_reqs), Some(CertReqs::Required));
+        assert_eq!(
+            r.tls.as_ref().map(|t| t.cert_reqs),
+            Some(CertReqs::Required)
+        );
         let shown = format!("{c:?} {c} {r}");
-        assert!(!shown.contains("p@ss") && !shown.contains("p%40ss"), "{shown}");
+        assert!(
+            !shown.contains("p@ss") && !shown.contains("p%40ss"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -944,12 +965,22 @@ mod tests {
                 "use rediss://",
             ),
             (
-                &[("REDIS_HOST", "h"), ("REDIS_SSL", "true"), ("REDIS_SSL_CERT_REQS", "maybe")],
+                &[
+                    ("REDIS_HOST", "h"),
+                    ("REDIS_SSL", "true"),
+                    ("REDIS_SSL_CERT_REQS", "maybe"),
+                ],
                 "REDIS_SSL_CERT_REQS",
             ),
-            (&[("REDIS_HOST", "h"), ("REDIS_PORT", "99999")], "REDIS_PORT"),
             (
-                &[("REDIS_URL", "rediss://h:1"), ("REDIS_SSL_CA_CERTS", "/nonexistent/ca.pem")],
+                &[("REDIS_HOST", "h"), ("REDIS_PORT", "99999")],
+                "REDIS_PORT",
+            ),
+            (
+                &[
+                    ("REDIS_URL", "rediss://h:1"),
+                    ("REDIS_SSL_CA_CERTS", "/nonexistent/ca.pem"),
+                ],
                 "REDIS_SSL_CA_CERTS",
             ),
             (

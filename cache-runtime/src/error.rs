@@ -40,7 +40,9 @@ pub enum CacheError {
     #[error("Redis did not answer within {0:?}; the server may be overloaded or the network slow: raise REDIS_SOCKET_TIMEOUT or check the server")]
     Timeout(Duration),
     /// The cache is temporarily not used after repeated failures (circuit open).
-    #[error("the cache is temporarily bypassed after repeated Redis failures; it retries by itself")]
+    #[error(
+        "the cache is temporarily bypassed after repeated Redis failures; it retries by itself"
+    )]
     Unavailable,
     /// Any other error reported by Redis.
     #[error("Redis error: {0}")]

@@ -75,10 +75,7 @@ impl Drop for Leader<'_> {
 
 /// Waits for the leader; a vanished leader counts as "not cached".
 pub(crate) async fn wait(mut rx: watch::Receiver<FlightState>) -> FlightState {
-    match rx
-        .wait_for(|s| !matches!(s, FlightState::Running))
-        .await
-    {
+    match rx.wait_for(|s| !matches!(s, FlightState::Running)).await {
         Ok(state) => state.clone(),
         Err(_) => FlightState::NotCached,
     }

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;

@@ -119,8 +119,14 @@ impl CacheService {
         response: &T,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        self.put(&Namespace::AI, user_id, &["prompt", prompt_hash], response, ttl)
-            .await
+        self.put(
+            &Namespace::AI,
+            user_id,
+            &["prompt", prompt_hash],
+            response,
+            ttl,
+        )
+        .await
     }
 
     /// Reads what [`cache_ai_response`](Self::cache_ai_response) stored.
@@ -143,8 +149,14 @@ impl CacheService {
         data: &T,
         ttl: Option<Duration>,
     ) -> Result<(), CacheError> {
-        self.put(&Namespace::TRADING, user_id, &[symbol, data_type], data, ttl)
-            .await
+        self.put(
+            &Namespace::TRADING,
+            user_id,
+            &[symbol, data_type],
+            data,
+            ttl,
+        )
+        .await
     }
 
     /// Reads what [`cache_trading_data`](Self::cache_trading_data) stored.
@@ -160,9 +172,7 @@ impl CacheService {
 
     /// Deletes the user's entries in the `users` namespace; returns how many were deleted.
     pub async fn clear_user_cache(&self, user_id: &str) -> Result<u64, CacheError> {
-        self.cache
-            .clear_user_in(&Namespace::USERS, user_id)
-            .await
+        self.cache.clear_user_in(&Namespace::USERS, user_id).await
     }
 
     /// Deletes the user's entries in every namespace, decorated `#[cache_user_specific]`

@@ -176,7 +176,11 @@ impl Cache {
     }
 
     /// Deletes one user's entries in one namespace; returns how many were deleted.
-    pub async fn clear_user_in(&self, namespace: &Namespace, user_id: &str) -> Result<u64, CacheError> {
+    pub async fn clear_user_in(
+        &self,
+        namespace: &Namespace,
+        user_id: &str,
+    ) -> Result<u64, CacheError> {
         let index = self.inner.keys.user_index(user_id);
         let prefix = self
             .inner

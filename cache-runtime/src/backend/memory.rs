@@ -153,44 +153,42 @@ impl MemoryBackend {
     pub(crate) fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
         let mut outcome: Result<i64, CacheError> = Ok(0);
         let now = Instant::now();
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let current = current
-                    .map(moka::Entry::into_value)
-                    .filter(|e| e.expires_at.is_none_or(|at| at > now));
-                let (base, expires_at, index) = match current {
-                    None => (0, None, None),
-                    Some(e) => match std::str::from_utf8(&e.value)
-                        .ok()
-                        .and_then(|s| s.parse::<i64>().ok())
-                    {
-                        Some(n) => (n, e.expires_at, e.index),
-                        None => {
-                            outcome = Err(CacheError::NotACounter(
-                                "value is not an integer or out of range".to_owned(),
-                            ));
-                            return Op::Nop;
-                        }
-                    },
-                };
-                match base.checked_add(amount) {
-                    Some(next) => {
-                        outcome = Ok(next);
-                        Op::Put(Entry {
-                            value: Arc::from(next.to_string().as_bytes()),
-                            expires_at,
-                            index,
-                        })
-                    }
+        self.cache.entry_by_ref(key).and_compute_with(|current| {
+            let current = current
+                .map(moka::Entry::into_value)
+                .filter(|e| e.expires_at.is_none_or(|at| at > now));
+            let (base, expires_at, index) = match current {
+                None => (0, None, None),
+                Some(e) => match std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                {
+                    Some(n) => (n, e.expires_at, e.index),
                     None => {
                         outcome = Err(CacheError::NotACounter(
-                            "increment or decrement would overflow".to_owned(),
+                            "value is not an integer or out of range".to_owned(),
                         ));
-                        Op::Nop
+                        return Op::Nop;
                     }
+                },
+            };
+            match base.checked_add(amount) {
+                Some(next) => {
+                    outcome = Ok(next);
+                    Op::Put(Entry {
+                        value: Arc::from(next.to_string().as_bytes()),
+                        expires_at,
+                        index,
+                    })
                 }
-            });
+                None => {
+                    outcome = Err(CacheError::NotACounter(
+                        "increment or decrement would overflow".to_owned(),
+                    ));
+                    Op::Nop
+                }
+            }
+        });
         outcome
     }
 
@@ -220,7 +218,8 @@ impl MemoryBackend {
             let taken: Vec<String> = match member_prefix {
                 None => set.drain().collect(),
                 Some(p) => {
-                    let taken: Vec<String> = set.iter().filter(|k| k.starts_with(p)).cloned().collect();
+                    let taken: Vec<String> =
+                        set.iter().filter(|k| k.starts_with(p)).cloned().collect();
                     for k in &taken {
                         set.remove(k);
                     }
@@ -250,7 +249,10 @@ impl MemoryBackend {
             if entry.expires_at.is_some_and(|at| at <= now) {
                 continue;
             }
-            if let Some((ns, _)) = key.strip_prefix(prefix).and_then(|rest| rest.split_once(':')) {
+            if let Some((ns, _)) = key
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(':'))
+            {
                 if crate::namespace::is_valid(ns) {
                     *out.entry(ns.to_owned()).or_insert(0) += 1;
                 }

@@ -121,7 +121,8 @@ impl RedisBackend {
     }
 
     async fn open_lane(&self) -> Result<Arc<Lane>, CacheError> {
-        let connect = ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
+        let connect =
+            ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
         // The driver bounds each attempt; this bounds the whole, retries included.
         let conn = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(conn)) => conn,
@@ -194,11 +195,13 @@ impl RedisBackend {
     }
 
     fn grow_in_background(self: &Arc<Self>) {
-        let len = self.lanes.read().unwrap_or_else(PoisonError::into_inner).len();
+        let len = self
+            .lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         if len >= self.config.pool_max_size
-            || self
-                .opening_in_background
-                .swap(true, Ordering::AcqRel)
+            || self.opening_in_background.swap(true, Ordering::AcqRel)
         {
             return;
         }
@@ -304,7 +307,9 @@ impl RedisBackend {
         self.query(redis::cmd("INCRBY").arg(key).arg(amount))
             .await
             .map_err(|e| match e {
-                CacheError::Redis(detail) if detail.contains("not an integer") || detail.contains("overflow") => {
+                CacheError::Redis(detail)
+                    if detail.contains("not an integer") || detail.contains("overflow") =>
+                {
                     CacheError::NotACounter(detail)
                 }
                 CacheError::Decode { detail, .. } => CacheError::NotACounter(detail),
@@ -499,9 +504,17 @@ pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
 
 fn looks_like_tls(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["certificate", "tls", "ssl", "handshake", "unknownissuer", "notvalidforname", "invalid peer"]
-        .iter()
-        .any(|n| t.contains(n))
+    [
+        "certificate",
+        "tls",
+        "ssl",
+        "handshake",
+        "unknownissuer",
+        "notvalidforname",
+        "invalid peer",
+    ]
+    .iter()
+    .any(|n| t.contains(n))
 }
 
 /// Turns a driver error into one that says what to do. Never includes the password: the

@@ -1,0 +1,354 @@
+//! The implementation of the `cachectl` binary, as a library so it can be tested in-process.
+//!
+//! ```text
+//! cachectl [--json] ping                 connect, report version, TLS and latency, diagnose failures
+//! cachectl [--json] health               the /api/health/redis report
+//! cachectl [--json] stats                the /api/health/cache report
+//! cachectl [--json] clear --namespace NS [--yes]
+//! cachectl [--json] clear --user ID [--yes]
+//! ```
+//!
+//! Exit codes: 0 ok; 1 other failure; 2 usage or configuration error; 3 unreachable or
+//! timeout; 4 TLS failure; 5 authentication or permission refused; 6 not confirmed.
+
+use std::io::Write;
+
+use std::time::Duration;
+
+use crate::config::BackendConfig;
+use crate::{Cache, CacheConfig, CacheError};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// Any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad usage or an invalid configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Redis unreachable or not answering in time.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// TLS handshake failed.
+pub const EXIT_TLS: u8 = 4;
+/// Authentication or permission refused.
+pub const EXIT_AUTH: u8 = 5;
+/// A destructive command was not confirmed.
+pub const EXIT_NOT_CONFIRMED: u8 = 6;
+
+/// Where the command writes, and how it asks for confirmation.
+pub struct Io<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard error.
+    pub err: &'a mut dyn Write,
+    /// Asks the question and returns the answer; `None` when nobody can answer (no terminal).
+    pub confirm: &'a mut dyn FnMut(&str) -> Option<bool>,
+}
+
+/// The help text.
+pub const USAGE: &str = "usage: cachectl [--json] <ping | health | stats | clear (--namespace NS | --user ID) [--yes]>
+
+Reads the same configuration as the application: REDIS_URL or REDIS_HOST/REDIS_PORT/…, and .env.
+Exit codes: 0 ok, 1 failure, 2 usage/configuration, 3 unreachable/timeout, 4 TLS, 5 auth, 6 not confirmed.";
+
+enum Command {
+    Ping,
+    Health,
+    Stats,
+    ClearNamespace(String),
+    ClearUser(String),
+}
+
+struct Args {
+    json: bool,
+    yes: bool,
+    command: Command,
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut json = false;
+    let mut yes = false;
+    let mut words = Vec::new();
+    let mut namespace = None;
+    let mut user = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => json = true,
+            "--yes" | "-y" => yes = true,
+            "--namespace" => namespace = Some(it.next().ok_or("--namespace needs a value")?),
+            "--user" => user = Some(it.next().ok_or("--user needs a value")?),
+            "-h" | "--help" => return Err(String::new()),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            _ => words.push(arg),
+        }
+    }
+    let command = match (words.first().map(String::as_str), namespace, user) {
+        (Some("ping"), None, None) => Command::Ping,
+        (Some("health"), None, None) => Command::Health,
+        (Some("stats"), None, None) => Command::Stats,
+        (Some("clear"), Some(ns), None) => Command::ClearNamespace(ns),
+        (Some("clear"), None, Some(user)) => Command::ClearUser(user),
+        (Some("clear"), _, _) => {
+            return Err("clear needs exactly one of --namespace NS or --user ID".into())
+        }
+        (Some(other), _, _) if !matches!(other, "ping" | "health" | "stats") => {
+            return Err(format!("unknown command {other:?}"))
+        }
+        (None, _, _) => return Err("missing command".into()),
+        _ => return Err("--namespace and --user only go with clear".into()),
+    };
+    if words.len() > 1 {
+        return Err(format!("unexpected argument {:?}", words[1]));
+    }
+    Ok(Args { json, yes, command })
+}
+
+/// Turns an error into the seed's troubleshooting advice and an exit code.
+fn diagnose(e: &CacheError) -> (u8, Vec<&'static str>) {
+    match e {
+        CacheError::Unreachable { .. } | CacheError::Timeout(_) | CacheError::Unavailable => (
+            EXIT_UNREACHABLE,
+            vec![
+                "verify the endpoint and port number (Redis Cloud: Configuration tab, public endpoint)",
+                "check that a firewall lets this host reach the port, and whether your IP must be allow-listed",
+                "make sure the Redis instance is active (not paused or suspended)",
+                "raise REDIS_SOCKET_CONNECT_TIMEOUT to 15 or more on slow networks",
+            ],
+        ),
+        CacheError::Tls { .. } => (
+            EXIT_TLS,
+            vec![
+                "Redis Cloud requires TLS: use a rediss:// URL (or REDIS_SSL=true) on the TLS port",
+                "point REDIS_SSL_CA_CERTS at the server's CA file (Redis Cloud: redis_ca.pem)",
+                "keep REDIS_SSL_CERT_REQS=required; the certificate must name the host you connect to",
+                "a plain (non-TLS) server on this port also fails the handshake: check the port",
+            ],
+        ),
+        CacheError::Auth { .. } => (
+            EXIT_AUTH,
+            vec![
+                "WRONGPASS/NOAUTH: copy the password from the console's Security section into REDIS_PASSWORD",
+                "use the username 'default' unless you created an ACL user (REDIS_USERNAME)",
+                "percent-encode special characters of the password inside REDIS_URL",
+                "NOPERM: the ACL user lacks rights for these commands or keys",
+            ],
+        ),
+        CacheError::Config(_) => (EXIT_USAGE, vec![]),
+        _ => (EXIT_FAILURE, vec![]),
+    }
+}
+
+fn print_json(io: &mut Io<'_>, value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => {
+            let _ = writeln!(io.out, "{s}");
+        }
+        Err(e) => {
+            let _ = writeln!(io.err, "error: cannot render JSON: {e}");
+        }
+    }
+}
+
+fn fail(io: &mut Io<'_>, json: bool, e: &CacheError) -> u8 {
+    let (code, hints) = diagnose(e);
+    if json {
+        print_json(
+            io,
+            &serde_json::json!({ "ok": false, "error": e.to_string(), "hints": hints }),
+        );
+    } else {
+        let _ = writeln!(io.err, "error: {e}");
+        for hint in hints {
+            let _ = writeln!(io.err, "  - {hint}");
+        }
+    }
+    code
+}
+
+fn confirm(io: &mut Io<'_>, what: &str) -> bool {
+    match (io.confirm)(what) {
+        Some(answer) => answer,
+        None => {
+            let _ = writeln!(
+                io.err,
+                "refusing to {what} without confirmation: pass --yes"
+            );
+            false
+        }
+    }
+}
+
+async fn ping(io: &mut Io<'_>, cache: &Cache, config: &CacheConfig, json: bool) -> u8 {
+    let (endpoint, tls) = match &config.backend {
+        BackendConfig::Redis(r) => (r.to_string(), r.tls.is_some()),
+        BackendConfig::Memory(_) => ("embedded in-process store".to_owned(), false),
+    };
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        match cache.ping().await {
+            Ok(d) => samples.push(d),
+            Err(e) => return fail(io, json, &e),
+        }
+    }
+    samples.sort();
+    let health = cache.health().await;
+    let version = health.info.server.version.clone();
+    let min = samples.first().copied().unwrap_or_default();
+    let median = samples.get(samples.len() / 2).copied().unwrap_or_default();
+    if json {
+        print_json(
+            io,
+            &serde_json::json!({
+                "ok": true,
+                "backend": cache.backend_kind(),
+                "endpoint": endpoint,
+                "tls": tls,
+                "server_version": version,
+                "latency_ms": { "min": ms(min), "median": ms(median) },
+            }),
+        );
+    } else {
+        let _ = writeln!(io.out, "ok: connected to {endpoint}");
+        let _ = writeln!(io.out, "  backend:        {}", cache.backend_kind());
+        let _ = writeln!(
+            io.out,
+            "  server version: {}",
+            version.as_deref().unwrap_or("unknown")
+        );
+        let _ = writeln!(
+            io.out,
+            "  TLS:            {}",
+            if tls { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            io.out,
+            "  latency:        min {:.3} ms, median {:.3} ms",
+            ms(min),
+            ms(median)
+        );
+    }
+    EXIT_OK
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `cachectl` with `args` (without the program name) and a configuration; returns the
+/// exit code.
+pub async fn run(
+    args: impl IntoIterator<Item = String>,
+    config: Result<CacheConfig, crate::ConfigError>,
+    io: &mut Io<'_>,
+) -> u8 {
+    let args = match parse_args(args) {
+        Ok(a) => a,
+        Err(msg) => {
+            if !msg.is_empty() {
+                let _ = writeln!(io.err, "error: {msg}");
+            }
+            let _ = writeln!(io.err, "{USAGE}");
+            return EXIT_USAGE;
+        }
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return fail(io, args.json, &CacheError::Config(e)),
+    };
+    let cache = match Cache::new(config.clone()) {
+        Ok(c) => c,
+        Err(e) => return fail(io, args.json, &e),
+    };
+    match args.command {
+        Command::Ping => ping(io, &cache, &config, args.json).await,
+        Command::Health => {
+            let report = cache.health().await;
+            if args.json {
+                print_json(io, &report);
+            } else {
+                let _ = writeln!(
+                    io.out,
+                    "status: {} (backend {})",
+                    report.status, report.backend
+                );
+                if let Some(v) = &report.info.server.version {
+                    let _ = writeln!(
+                        io.out,
+                        "server: {v} {}",
+                        report.info.server.mode.as_deref().unwrap_or("")
+                    );
+                }
+                if let Some(e) = &report.error {
+                    let _ = writeln!(io.out, "error:  {e}");
+                }
+            }
+            if report.connected {
+                EXIT_OK
+            } else {
+                EXIT_UNREACHABLE
+            }
+        }
+        Command::Stats => {
+            let report = cache.stats().await;
+            if args.json {
+                print_json(io, &report);
+            } else {
+                let _ = writeln!(
+                    io.out,
+                    "memory: {} (max {})",
+                    report
+                        .memory
+                        .used_memory_human
+                        .as_deref()
+                        .unwrap_or("unknown"),
+                    report
+                        .memory
+                        .maxmemory
+                        .map_or("unknown".to_owned(), |m| m.to_string())
+                );
+                let _ = writeln!(
+                    io.out,
+                    "keys:   {} total{}",
+                    report
+                        .keys
+                        .total
+                        .map_or("unknown".to_owned(), |t| t.to_string()),
+                    if report.keys.approximate {
+                        " (per-namespace counts approximate)"
+                    } else {
+                        ""
+                    }
+                );
+                for (ns, n) in &report.keys.by_namespace {
+                    let _ = writeln!(io.out, "  {ns:<12} {n}");
+                }
+            }
+            EXIT_OK
+        }
+        Command::ClearNamespace(ns) => {
+            if !args.yes && !confirm(io, &format!("delete every key of namespace {ns:?}")) {
+                return EXIT_NOT_CONFIRMED;
+            }
+            report_cleared(io, args.json, cache.clear_namespace(&ns).await)
+        }
+        Command::ClearUser(user) => {
+            if !args.yes && !confirm(io, &format!("delete every cached entry of user {user:?}")) {
+                return EXIT_NOT_CONFIRMED;
+            }
+            report_cleared(io, args.json, cache.clear_user(&user).await)
+        }
+    }
+}
+
+fn report_cleared(io: &mut Io<'_>, json: bool, result: Result<u64, CacheError>) -> u8 {
+    match result {
+        Ok(n) => {
+            if json {
+                print_json(io, &serde_json::json!({ "ok": true, "cleared": n }));
+            } else {
+                let _ = writeln!(io.out, "cleared {n} keys");
+            }
+            EXIT_OK
+        }
+        Err(e) => fail(io, json, &e),
+    }
+}
