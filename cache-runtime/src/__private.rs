@@ -146,7 +146,10 @@ async fn bounded<F: Future<Output = Result<R, CacheError>>, R>(
     };
     match tokio::time::timeout(limit, op).await {
         Ok(r) => r,
-        Err(_) => Err(CacheError::Timeout(limit)),
+        Err(_) => {
+            cache.backend().note_timeout();
+            Err(CacheError::Timeout(limit))
+        }
     }
 }
 
@@ -207,6 +210,10 @@ where
     match bounded(cache, cache.get_raw::<S::Stored>(site.namespace, &full)).await {
         Ok(Some(v)) => return rebuild(v),
         Ok(None) => {}
+        // The breaker already said so once; don't log every bypassed call.
+        Err(CacheError::Unavailable) => {
+            tracing::debug!(target: "cache_runtime::store", key = %full, "skip: cache bypassed");
+        }
         Err(e) => {
             tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
         }
@@ -247,7 +254,11 @@ where
     )
     .await
     {
-        tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache write failed; the result is returned uncached");
+        if matches!(e, CacheError::Unavailable) {
+            tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: cache bypassed");
+        } else {
+            tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache write failed; the result is returned uncached");
+        }
     }
     drop(leader);
     result

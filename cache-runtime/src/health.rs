@@ -32,6 +32,8 @@ pub struct HealthReport {
     pub latency_ms: Option<f64>,
     /// Why it is unhealthy (never a password).
     pub error: Option<String>,
+    /// Whether calls currently bypass Redis after repeated failures (circuit breaker).
+    pub circuit_open: bool,
     /// Server, clients and pool.
     pub info: HealthInfo,
     /// UTC, ISO 8601.
@@ -225,6 +227,7 @@ impl Cache {
             backend: self.backend_kind(),
             latency_ms: ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
             error: ping.err().map(|e| e.to_string()),
+            circuit_open: self.backend().circuit_open(),
             info,
             timestamp: timestamp(),
         }

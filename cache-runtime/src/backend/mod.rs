@@ -3,6 +3,7 @@
 //! Enum dispatch rather than a trait object: no boxing on the hot path, and every
 //! backend answers the same byte-level operations with Redis semantics.
 
+pub(crate) mod breaker;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
@@ -69,6 +70,21 @@ impl Backend {
         match self {
             Self::Memory(_) => "embedded",
             Self::Redis(_) => "redis",
+        }
+    }
+
+    /// A caller's own timeout expired on this backend (feeds the circuit breaker).
+    pub(crate) fn note_timeout(&self) {
+        if let Self::Redis(r) = self {
+            r.note_timeout();
+        }
+    }
+
+    /// Whether calls currently bypass the store after repeated failures.
+    pub(crate) fn circuit_open(&self) -> bool {
+        match self {
+            Self::Redis(r) => r.circuit_open(),
+            Self::Memory(_) => false,
         }
     }
 

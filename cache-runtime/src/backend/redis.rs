@@ -8,21 +8,20 @@
 //! a `ConnectionManager`, which reconnects after a server restart (a bare
 //! `MultiplexedConnection` never does).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, Value};
 
+use super::breaker::{Breaker, Permit};
 use super::KeyTtl;
 use crate::config::{CertReqs, RedisConfig};
 use crate::error::CacheError;
 
 /// Keys per SCAN / SSCAN page and per UNLINK batch.
 const BATCH: usize = 500;
-/// After a failed connect, calls fail fast for this long before the next attempt.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 struct Lane {
     conn: ConnectionManager,
@@ -61,11 +60,9 @@ pub(crate) struct RedisBackend {
     client: Client,
     config: Arc<RedisConfig>,
     lanes: RwLock<Vec<Arc<Lane>>>,
-    opening: tokio::sync::Mutex<()>,
-    /// Milliseconds since `epoch` before which no connect is attempted.
-    retry_after_ms: AtomicU64,
-    epoch: Instant,
-    opening_in_background: std::sync::atomic::AtomicBool,
+    /// A connect (first or extra lane) runs in the background.
+    opening: AtomicBool,
+    breaker: Breaker,
 }
 
 impl RedisBackend {
@@ -91,10 +88,8 @@ impl RedisBackend {
             client,
             config: Arc::new(config.clone()),
             lanes: RwLock::new(Vec::new()),
-            opening: tokio::sync::Mutex::new(()),
-            retry_after_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            opening_in_background: std::sync::atomic::AtomicBool::new(false),
+            opening: AtomicBool::new(false),
+            breaker: Breaker::default(),
         })
     }
 
@@ -152,28 +147,29 @@ impl RedisBackend {
         Ok(lane)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Opens a lane in a spawned task, so a caller's timeout cannot cancel the connect
+    /// half-way. At most one connect runs at a time; `false` when one is running already.
+    fn spawn_open(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<Result<Arc<Lane>, CacheError>>> {
+        if self.opening.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let this = Arc::clone(self);
+        Some(tokio::spawn(async move {
+            let result = this.open_lane().await;
+            this.opening.store(false, Ordering::Release);
+            result
+        }))
     }
 
     /// The first lane: opened on first use, so an application starts while Redis is down.
-    async fn first_lane(&self) -> Result<Arc<Lane>, CacheError> {
-        if self.now_ms() < self.retry_after_ms.load(Ordering::Relaxed) {
-            return Err(CacheError::Unavailable);
-        }
-        let _guard = self.opening.lock().await;
-        if let Some(lane) = self.pick() {
-            return Ok(lane);
-        }
-        if self.now_ms() < self.retry_after_ms.load(Ordering::Relaxed) {
-            return Err(CacheError::Unavailable);
-        }
-        match self.open_lane().await {
-            Ok(lane) => Ok(lane),
-            Err(e) => {
-                let backoff = u64::try_from(RECONNECT_BACKOFF.as_millis()).unwrap_or(500);
-                self.retry_after_ms
-                    .store(self.now_ms() + backoff, Ordering::Relaxed);
+    /// While another caller connects, this one skips the cache rather than wait.
+    async fn first_lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
+        let Some(task) = self.spawn_open() else {
+            return self.pick().ok_or(CacheError::Unavailable);
+        };
+        match task.await {
+            Ok(Ok(lane)) => Ok(lane),
+            Ok(Err(e)) => {
                 tracing::warn!(
                     target: "cache_runtime::connection",
                     endpoint = %self.config.endpoint(),
@@ -182,6 +178,7 @@ impl RedisBackend {
                 );
                 Err(e)
             }
+            Err(_) => Err(CacheError::Unavailable),
         }
     }
 
@@ -195,23 +192,11 @@ impl RedisBackend {
     }
 
     fn grow_in_background(self: &Arc<Self>) {
-        let len = self
-            .lanes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        if len >= self.config.pool_max_size
-            || self.opening_in_background.swap(true, Ordering::AcqRel)
-        {
-            return;
+        let len = self.lanes.read().unwrap_or_else(PoisonError::into_inner).len();
+        if len < self.config.pool_max_size {
+            // Detached: the lane registers itself; a failure only means fewer lanes.
+            drop(self.spawn_open());
         }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = this.open_lane().await {
-                tracing::debug!(target: "cache_runtime::connection", error = %e, "could not open an extra connection");
-            }
-            this.opening_in_background.store(false, Ordering::Release);
-        });
     }
 
     async fn lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
@@ -226,31 +211,79 @@ impl RedisBackend {
         }
     }
 
+    /// Whether the circuit breaker currently bypasses Redis.
+    pub(crate) fn circuit_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// A caller gave up waiting (its own timeout): counts as a connection fault.
+    pub(crate) fn note_timeout(&self) {
+        self.breaker.failure(&Permit::Normal);
+    }
+
+    /// Runs a request under the circuit breaker: connection faults count, server replies
+    /// (even errors like WRONGTYPE) prove the connection works.
+    async fn guarded<T, F>(self: &Arc<Self>, request: F) -> Result<T, CacheError>
+    where
+        F: std::future::Future<Output = Result<T, CacheError>>,
+    {
+        let Some(permit) = self.breaker.permit() else {
+            return Err(CacheError::Unavailable);
+        };
+        // Releases a probe if the caller's timeout drops us mid-request.
+        struct Abandon<'a>(&'a Breaker, Option<Permit>);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if let Some(p) = self.1.take() {
+                    self.0.abandon(&p);
+                }
+            }
+        }
+        let mut guard = Abandon(&self.breaker, Some(permit));
+        let result = request.await;
+        if let Some(permit) = guard.1.take() {
+            match &result {
+                Err(e) if e.is_connection_fault() && !matches!(e, CacheError::Unavailable) => {
+                    self.breaker.failure(&permit);
+                }
+                Err(CacheError::Unavailable) => self.breaker.abandon(&permit),
+                _ => self.breaker.success(&permit),
+            }
+        }
+        result
+    }
+
     /// Runs one command (or pipeline) on the least-loaded lane.
     async fn query<T: redis::FromRedisValue>(
         self: &Arc<Self>,
         cmd: &redis::Cmd,
     ) -> Result<T, CacheError> {
-        let lane = self.lane().await?;
-        lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&lane);
-        let mut conn = lane.conn.clone();
-        cmd.query_async(&mut conn)
-            .await
-            .map_err(|e| map_error(&e, &self.config))
+        self.guarded(async {
+            let lane = self.lane().await?;
+            lane.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight(&lane);
+            let mut conn = lane.conn.clone();
+            cmd.query_async(&mut conn)
+                .await
+                .map_err(|e| map_error(&e, &self.config))
+        })
+        .await
     }
 
     async fn query_pipe<T: redis::FromRedisValue>(
         self: &Arc<Self>,
         pipe: &redis::Pipeline,
     ) -> Result<T, CacheError> {
-        let lane = self.lane().await?;
-        lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        let _in_flight = InFlight(&lane);
-        let mut conn = lane.conn.clone();
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(|e| map_error(&e, &self.config))
+        self.guarded(async {
+            let lane = self.lane().await?;
+            lane.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight(&lane);
+            let mut conn = lane.conn.clone();
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| map_error(&e, &self.config))
+        })
+        .await
     }
 
     pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
