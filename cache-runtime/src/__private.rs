@@ -106,6 +106,7 @@ pub async fn invalidate(site: &'static Site, key: CallKey) -> Result<bool, Cache
     let Some(full) = key.render(cache, site) else {
         return Ok(false);
     };
+    cache.l1_forget(&full);
     cache.backend().delete(&full).await
 }
 

@@ -27,6 +27,13 @@ pub const DEFAULT_MEMORY_MAX_ENTRIES: u64 = 100_000;
 /// Default byte bound of the embedded store (`CACHE_MEMORY_MAX_BYTES`).
 pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Default entry bound of the in-process L1 in front of Redis (`CACHE_L1_MAX_ENTRIES`).
+pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
+/// Default byte bound of the L1 (`CACHE_L1_MAX_BYTES`).
+pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default longest time an L1 entry is served (`CACHE_L1_MAX_TTL`).
+pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(60);
+
 /// An invalid setting. The message names the variable and says how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -225,6 +232,32 @@ impl Default for MemoryConfig {
     }
 }
 
+/// The optional in-process L1 in front of Redis (`CACHE_L1=true`).
+///
+/// Coherent across processes: every store, delete and clear is published on a Redis
+/// channel and every process drops what it holds for those keys; while that channel is
+/// down, L1 serves nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct L1Config {
+    /// Most entries held.
+    pub max_entries: u64,
+    /// Most bytes of values held.
+    pub max_bytes: u64,
+    /// Longest an entry is served (never longer than its Redis TTL).
+    pub max_ttl: Duration,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_L1_MAX_ENTRIES,
+            max_bytes: DEFAULT_L1_MAX_BYTES,
+            max_ttl: DEFAULT_L1_MAX_TTL,
+        }
+    }
+}
+
 /// Which store the runtime uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -249,6 +282,8 @@ pub struct CacheConfig {
     pub codec: CodecKind,
     /// Largest encoded value that is stored.
     pub max_value_bytes: usize,
+    /// The in-process L1 in front of Redis, when enabled (ignored by the embedded store).
+    pub l1: Option<L1Config>,
 }
 
 impl Default for CacheConfig {
@@ -260,6 +295,7 @@ impl Default for CacheConfig {
             ttl_default: DEFAULT_TTL,
             codec: CodecKind::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            l1: None,
         }
     }
 }
@@ -372,6 +408,24 @@ impl CacheConfig {
                     .map(|x| b.memory_max_bytes = Some(x)),
             );
         }
+        if let Some(v) = get("CACHE_L1") {
+            record(parse_bool("CACHE_L1", &v).map(|x| b.l1 = Some(x)));
+        }
+        if let Some(v) = get("CACHE_L1_MAX_ENTRIES") {
+            record(
+                parse_count("CACHE_L1_MAX_ENTRIES", &v, 1, u64::MAX)
+                    .map(|x| b.l1_max_entries = Some(x)),
+            );
+        }
+        if let Some(v) = get("CACHE_L1_MAX_BYTES") {
+            record(
+                parse_count("CACHE_L1_MAX_BYTES", &v, 1, u64::MAX)
+                    .map(|x| b.l1_max_bytes = Some(x)),
+            );
+        }
+        if let Some(v) = get("CACHE_L1_MAX_TTL") {
+            record(parse_secs("CACHE_L1_MAX_TTL", &v).map(|x| b.l1_max_ttl = Some(x)));
+        }
         if let Some(first) = errors.into_iter().next() {
             return Err(first);
         }
@@ -400,6 +454,10 @@ pub const VARIABLES: &[&str] = &[
     "CACHE_MAX_VALUE_BYTES",
     "CACHE_MEMORY_MAX_ENTRIES",
     "CACHE_MEMORY_MAX_BYTES",
+    "CACHE_L1",
+    "CACHE_L1_MAX_ENTRIES",
+    "CACHE_L1_MAX_BYTES",
+    "CACHE_L1_MAX_TTL",
 ];
 
 fn is_ours(name: &str) -> bool {
@@ -520,6 +578,10 @@ pub struct CacheConfigBuilder {
     max_value_bytes: Option<usize>,
     memory_max_entries: Option<u64>,
     memory_max_bytes: Option<u64>,
+    l1: Option<bool>,
+    l1_max_entries: Option<u64>,
+    l1_max_bytes: Option<u64>,
+    l1_max_ttl: Option<Duration>,
 }
 
 macro_rules! setter {
@@ -598,6 +660,22 @@ impl CacheConfigBuilder {
         /// `CACHE_MEMORY_MAX_BYTES`.
         memory_max_bytes: u64
     );
+    setter!(
+        /// `CACHE_L1`: an in-process L1 in front of Redis, coherent across processes.
+        l1: bool
+    );
+    setter!(
+        /// `CACHE_L1_MAX_ENTRIES`.
+        l1_max_entries: u64
+    );
+    setter!(
+        /// `CACHE_L1_MAX_BYTES`.
+        l1_max_bytes: u64
+    );
+    setter!(
+        /// `CACHE_L1_MAX_TTL`.
+        l1_max_ttl: Duration
+    );
 
     /// `REDIS_PASSWORD`.
     #[must_use]
@@ -672,12 +750,30 @@ impl CacheConfigBuilder {
                 max_bytes: bytes,
             })
         };
+        let l1 = if self.l1 == Some(true) {
+            let l1 = L1Config {
+                max_entries: self.l1_max_entries.unwrap_or(DEFAULT_L1_MAX_ENTRIES),
+                max_bytes: self.l1_max_bytes.unwrap_or(DEFAULT_L1_MAX_BYTES),
+                max_ttl: self.l1_max_ttl.unwrap_or(DEFAULT_L1_MAX_TTL),
+            };
+            if l1.max_ttl < Duration::from_millis(1) {
+                return Err(invalid(
+                    "CACHE_L1_MAX_TTL",
+                    "0",
+                    "use at least 0.001 seconds",
+                ));
+            }
+            Some(l1)
+        } else {
+            None
+        };
         Ok(CacheConfig {
             backend,
             key_prefix,
             ttl_default,
             codec: self.codec.unwrap_or_default(),
             max_value_bytes: self.max_value_bytes.unwrap_or(DEFAULT_MAX_VALUE_BYTES),
+            l1,
         })
     }
 

@@ -32,6 +32,7 @@ pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+mod l1;
 mod namespace;
 pub mod service;
 mod store;

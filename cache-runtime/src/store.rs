@@ -13,6 +13,7 @@ use crate::config::{BackendConfig, CacheConfig};
 use crate::error::CacheError;
 use crate::flight::Flights;
 use crate::key::KeyBuilder;
+use crate::l1::L1;
 use crate::namespace::{self, Namespace};
 
 /// Hit, miss, store and error counts of one namespace.
@@ -22,6 +23,7 @@ pub(crate) struct Counters {
     pub(crate) misses: AtomicU64,
     pub(crate) stores: AtomicU64,
     pub(crate) errors: AtomicU64,
+    pub(crate) l1_hits: AtomicU64,
 }
 
 /// A snapshot of one namespace's counters.
@@ -36,6 +38,8 @@ pub struct NamespaceCounters {
     pub stores: u64,
     /// Cache operations that failed (the call still returned its result).
     pub errors: u64,
+    /// Hits served by the in-process L1 (included in `hits`).
+    pub l1_hits: u64,
     /// `hits / (hits + misses)`, `None` before the first read.
     pub hit_ratio: Option<f64>,
 }
@@ -47,6 +51,7 @@ pub(crate) struct Inner {
     counters: RwLock<HashMap<String, Arc<Counters>>>,
     pub(crate) flights: Flights,
     pub(crate) started: Instant,
+    l1: Option<Arc<L1>>,
 }
 
 /// A cache: the embedded store or a Redis connection pool, plus key layout and codec.
@@ -86,6 +91,11 @@ impl Cache {
     /// fail here (calls run without the cache until it is up); only invalid settings do.
     pub fn new(config: CacheConfig) -> Result<Self, CacheError> {
         let backend = Backend::new(&config)?;
+        // L1 only makes sense in front of a remote store.
+        let l1 = match (&config.l1, &backend) {
+            (Some(l1), Backend::Redis(_)) => Some(Arc::new(L1::new(l1, &config.key_prefix))),
+            _ => None,
+        };
         match &config.backend {
             BackendConfig::Memory(m) => tracing::info!(
                 target: "cache_runtime::connection",
@@ -107,6 +117,7 @@ impl Cache {
                 counters: RwLock::default(),
                 flights: Flights::default(),
                 started: Instant::now(),
+                l1,
             }),
         })
     }
@@ -128,6 +139,7 @@ impl Cache {
                 counters: RwLock::default(),
                 flights: Flights::default(),
                 started: Instant::now(),
+                l1: None,
             }),
         }
     }
@@ -170,6 +182,7 @@ impl Cache {
     /// never touches another user's keys, whatever characters the ids contain.
     pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
         let index = self.inner.keys.user_index(user_id);
+        self.l1_forget_prefix_user(user_id);
         let n = self.inner.backend.clear_index(&index, None).await?;
         tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
         Ok(n)
@@ -186,6 +199,7 @@ impl Cache {
             .inner
             .keys
             .user_namespace_prefix(namespace.as_str(), user_id);
+        self.l1_forget_prefix(&prefix);
         let n = self
             .inner
             .backend
@@ -227,6 +241,7 @@ impl Cache {
                         misses,
                         stores: c.stores.load(Ordering::Relaxed),
                         errors: c.errors.load(Ordering::Relaxed),
+                        l1_hits: c.l1_hits.load(Ordering::Relaxed),
                         hit_ratio: (reads > 0).then(|| hits as f64 / reads as f64),
                     },
                 )
@@ -276,7 +291,17 @@ impl Cache {
     ) -> Result<Option<T>, CacheError> {
         let counters = self.counters_for(namespace);
         let start = Instant::now();
-        let bytes = match self.inner.backend.get(key).await {
+        if let Some(l1) = self.l1() {
+            if let Some(bytes) = l1.get(key) {
+                if let Ok(v) = self.codec().decode::<T>(&bytes) {
+                    counters.hits.fetch_add(1, Ordering::Relaxed);
+                    counters.l1_hits.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: "cache_runtime::store", key, "hit (L1)");
+                    return Ok(Some(v));
+                }
+            }
+        }
+        let bytes = match self.read(key).await {
             Ok(b) => b,
             Err(CacheError::Decode { detail, .. }) => {
                 counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +330,64 @@ impl Cache {
                 Ok(None)
             }
         }
+    }
+
+    /// The L1, once its invalidation listener has been asked to start.
+    fn l1(&self) -> Option<&Arc<L1>> {
+        let l1 = self.inner.l1.as_ref()?;
+        if let Backend::Redis(r) = &self.inner.backend {
+            l1.ensure_listener(r.client(), r.config().connect_timeout);
+        }
+        Some(l1)
+    }
+
+    /// A backend read that fills the L1 (with Redis' remaining TTL) when it is enabled.
+    async fn read(&self, key: &str) -> Result<Option<crate::backend::Bytes>, CacheError> {
+        match (self.l1(), &self.inner.backend) {
+            (Some(l1), Backend::Redis(r)) => {
+                let ticket = l1.ticket(key);
+                let (value, pttl) = r.get_with_ttl(key).await?;
+                let Some(value) = value else {
+                    return Ok(None);
+                };
+                let shared: Arc<[u8]> = value.into();
+                if let Ok(ms) = u64::try_from(pttl) {
+                    l1.fill(key, Arc::clone(&shared), Duration::from_millis(ms), &ticket);
+                }
+                Ok(Some(crate::backend::Bytes::Shared(shared)))
+            }
+            _ => self.inner.backend.get(key).await,
+        }
+    }
+
+    /// Drops `key` from this process' L1 before a write (other processes hear it on the channel).
+    pub(crate) fn l1_forget(&self, key: &str) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate_key(key);
+        }
+    }
+
+    /// Drops every L1 entry under `prefix` in this process.
+    pub(crate) fn l1_forget_prefix(&self, prefix: &str) {
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate_prefix(prefix);
+        }
+    }
+
+    /// Drops this process' L1 entries of one user (every namespace).
+    fn l1_forget_prefix_user(&self, user_id: &str) {
+        if let Some(l1) = &self.inner.l1 {
+            // Keys of a user are `{prefix}:{ns}:user:{id}:…`; the namespace varies, so
+            // match on the user part.
+            let needle = format!(":user:{}:", crate::key::escape_segment(user_id));
+            let prefix = format!("{}:", self.inner.keys.prefix());
+            l1.invalidate_matching(move |k| k.starts_with(&prefix) && k.contains(&needle));
+        }
+    }
+
+    /// Whether an L1 is configured and currently serving.
+    pub fn l1_active(&self) -> bool {
+        self.inner.l1.as_ref().is_some_and(|l1| l1.is_healthy())
     }
 
     /// Encodes and writes with a TTL (and registers the key in a user index when given).
@@ -346,6 +429,7 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let counters = self.counters_for(namespace);
         let start = Instant::now();
+        self.l1_forget(key);
         match self.inner.backend.set(key, bytes, ttl, index).await {
             Ok(()) => {
                 counters.stores.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +493,9 @@ impl NamespaceCache<'_> {
 
     /// Deletes; `true` when the key existed.
     pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        self.cache.backend().delete(&self.key(key)).await
+        let key = self.key(key);
+        self.cache.l1_forget(&key);
+        self.cache.backend().delete(&key).await
     }
 
     /// Whether the key exists.
@@ -443,6 +529,7 @@ impl NamespaceCache<'_> {
     /// Deletes every key of the namespace (SCAN + UNLINK); returns how many were deleted.
     pub async fn clear(&self) -> Result<u64, CacheError> {
         let prefix = format!("{}:{}:", self.cache.inner.keys.prefix(), self.ns);
+        self.cache.l1_forget_prefix(&prefix);
         let n = self.cache.backend().clear_prefix(&prefix).await?;
         tracing::info!(target: "cache_runtime::store", namespace = %self.ns, deleted = n, "cleared namespace");
         Ok(n)

@@ -62,7 +62,13 @@ impl Backend {
     pub(crate) fn new(config: &CacheConfig) -> Result<Self, CacheError> {
         Ok(match &config.backend {
             BackendConfig::Memory(m) => Self::Memory(memory::MemoryBackend::new(m)),
-            BackendConfig::Redis(r) => Self::Redis(Arc::new(redis::RedisBackend::new(r)?)),
+            BackendConfig::Redis(r) => {
+                let channel = config
+                    .l1
+                    .as_ref()
+                    .map(|_| crate::l1::invalidation_channel(&config.key_prefix));
+                Self::Redis(Arc::new(redis::RedisBackend::new(r, channel)?))
+            }
         })
     }
 

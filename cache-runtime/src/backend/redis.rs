@@ -63,10 +63,15 @@ pub(crate) struct RedisBackend {
     /// A connect (first or extra lane) runs in the background.
     opening: AtomicBool,
     breaker: Breaker,
+    /// Where stores, deletes and clears are announced when an L1 is enabled.
+    invalidation_channel: Option<String>,
 }
 
 impl RedisBackend {
-    pub(crate) fn new(config: &RedisConfig) -> Result<Self, CacheError> {
+    pub(crate) fn new(
+        config: &RedisConfig,
+        invalidation_channel: Option<String>,
+    ) -> Result<Self, CacheError> {
         install_crypto_provider();
         let client = build_client(config)?;
         if let Some(tls) = &config.tls {
@@ -90,7 +95,23 @@ impl RedisBackend {
             lanes: RwLock::new(Vec::new()),
             opening: AtomicBool::new(false),
             breaker: Breaker::default(),
+            invalidation_channel,
         })
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    /// Appends a PUBLISH of `message` to `pipe` when an L1 is enabled.
+    fn announce(&self, pipe: &mut redis::Pipeline, message: impl FnOnce() -> Vec<u8>) {
+        if let Some(channel) = &self.invalidation_channel {
+            pipe.cmd("PUBLISH").arg(channel).arg(message()).ignore();
+        }
     }
 
     pub(crate) fn pool_stats(&self) -> PoolStats {
@@ -149,7 +170,9 @@ impl RedisBackend {
 
     /// Opens a lane in a spawned task, so a caller's timeout cannot cancel the connect
     /// half-way. At most one connect runs at a time; `false` when one is running already.
-    fn spawn_open(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<Result<Arc<Lane>, CacheError>>> {
+    fn spawn_open(
+        self: &Arc<Self>,
+    ) -> Option<tokio::task::JoinHandle<Result<Arc<Lane>, CacheError>>> {
         if self.opening.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -192,7 +215,11 @@ impl RedisBackend {
     }
 
     fn grow_in_background(self: &Arc<Self>) {
-        let len = self.lanes.read().unwrap_or_else(PoisonError::into_inner).len();
+        let len = self
+            .lanes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         if len < self.config.pool_max_size {
             // Detached: the lane registers itself; a failure only means fewer lanes.
             drop(self.spawn_open());
@@ -290,6 +317,16 @@ impl RedisBackend {
         self.query(redis::cmd("GET").arg(key)).await
     }
 
+    /// GET and PTTL in one round trip (for filling an L1).
+    pub(crate) async fn get_with_ttl(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, i64), CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        self.query_pipe(&pipe).await
+    }
+
     pub(crate) async fn set(
         self: &Arc<Self>,
         key: &str,
@@ -314,11 +351,15 @@ impl RedisBackend {
                 pipe.cmd("PERSIST").arg(index).ignore();
             }
         }
+        self.announce(&mut pipe, || crate::l1::keys_message([key]));
         self.query_pipe::<()>(&pipe).await
     }
 
     pub(crate) async fn delete(self: &Arc<Self>, key: &str) -> Result<bool, CacheError> {
-        let n: u64 = self.query(redis::cmd("UNLINK").arg(key)).await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(key);
+        self.announce(&mut pipe, || crate::l1::keys_message([key]));
+        let (n,): (u64,) = self.query_pipe(&pipe).await?;
         Ok(n > 0)
     }
 
@@ -371,6 +412,11 @@ impl RedisBackend {
                 deleted += n;
             }
             if next == 0 {
+                if self.invalidation_channel.is_some() {
+                    let mut pipe = redis::pipe();
+                    self.announce(&mut pipe, || crate::l1::prefix_message(prefix));
+                    self.query_pipe::<()>(&pipe).await?;
+                }
                 return Ok(deleted);
             }
             cursor = next;
@@ -398,6 +444,9 @@ impl RedisBackend {
                 let mut pipe = redis::pipe();
                 pipe.cmd("UNLINK").arg(&keys);
                 pipe.cmd("SREM").arg(index).arg(&keys).ignore();
+                self.announce(&mut pipe, || {
+                    crate::l1::keys_message(keys.iter().map(String::as_str))
+                });
                 let (n,): (u64,) = self.query_pipe(&pipe).await?;
                 deleted += n;
             }
