@@ -63,7 +63,7 @@ struct Args {
     command: Command,
 }
 
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut json = false;
     let mut yes = false;
     let mut words = Vec::new();
@@ -76,7 +76,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             "--yes" | "-y" => yes = true,
             "--namespace" => namespace = Some(it.next().ok_or("--namespace needs a value")?),
             "--user" => user = Some(it.next().ok_or("--user needs a value")?),
-            "-h" | "--help" => return Err(String::new()),
+            "-h" | "--help" => return Ok(None),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ => words.push(arg),
         }
@@ -99,7 +99,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     if words.len() > 1 {
         return Err(format!("unexpected argument {:?}", words[1]));
     }
-    Ok(Args { json, yes, command })
+    Ok(Some(Args { json, yes, command }))
 }
 
 /// Turns an error into the seed's troubleshooting advice and an exit code.
@@ -112,6 +112,7 @@ fn diagnose(e: &CacheError) -> (u8, Vec<&'static str>) {
                 "check that a firewall lets this host reach the port, and whether your IP must be allow-listed",
                 "make sure the Redis instance is active (not paused or suspended)",
                 "raise REDIS_SOCKET_CONNECT_TIMEOUT to 15 or more on slow networks",
+                "if the server requires TLS (Redis Cloud does), use a rediss:// URL: a plain client is reset by a TLS port",
             ],
         ),
         CacheError::Tls { .. } => (
@@ -241,12 +242,13 @@ pub async fn run(
     io: &mut Io<'_>,
 ) -> u8 {
     let args = match parse_args(args) {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            let _ = writeln!(io.out, "{USAGE}");
+            return EXIT_OK;
+        }
         Err(msg) => {
-            if !msg.is_empty() {
-                let _ = writeln!(io.err, "error: {msg}");
-            }
-            let _ = writeln!(io.err, "{USAGE}");
+            let _ = writeln!(io.err, "error: {msg}\n{USAGE}");
             return EXIT_USAGE;
         }
     };
@@ -288,6 +290,10 @@ pub async fn run(
             }
         }
         Command::Stats => {
+            // Without a connection there are no figures to show: say why, like ping.
+            if let Err(e) = cache.ping().await {
+                return fail(io, args.json, &e);
+            }
             let report = cache.stats().await;
             if args.json {
                 print_json(io, &report);

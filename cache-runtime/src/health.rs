@@ -308,7 +308,11 @@ impl Cache {
                         report.keys.approximate = !count.complete;
                         report.keys.scanned = count.scanned;
                     }
-                    Err(e) => report.error = Some(e.to_string()),
+                    Err(e) => {
+                        // Unknown, not zero: leave the counts out.
+                        by_namespace.clear();
+                        report.error = Some(e.to_string());
+                    }
                 }
                 report.keys.by_namespace = by_namespace;
             }

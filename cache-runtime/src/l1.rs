@@ -200,7 +200,8 @@ impl L1 {
         client: &redis::Client,
         connect_timeout: Duration,
     ) {
-        if self.listener.swap(true, Ordering::AcqRel) {
+        // Plain load first: this runs on every read, and a swap would bounce the cache line.
+        if self.listener.load(Ordering::Acquire) || self.listener.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {

@@ -67,7 +67,9 @@ impl Db {
             // A small LCG keeps the data deterministic without a rand dependency.
             let mut state: u64 = 42;
             let mut next = || {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
                 (state >> 33) as f64 / f64::from(u32::MAX >> 1)
             };
             for user in 1..=USERS {
@@ -82,7 +84,11 @@ impl Db {
             for (i, symbol) in SYMBOLS.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO prices VALUES (?1, ?2, ?3)",
-                    params![symbol, 100.0 + 25.5 * i as f64, 1_000_000 + 10_000 * i as i64],
+                    params![
+                        symbol,
+                        100.0 + 25.5 * i as f64,
+                        1_000_000 + 10_000 * i as i64
+                    ],
                 )?;
             }
             tx.commit()?;
@@ -104,7 +110,11 @@ impl Db {
             "30d" => 30,
             "90d" => 90,
             "1y" => 365,
-            other => return Err(DbError(format!("unknown timeframe {other:?}: use 7d, 30d, 90d or 1y"))),
+            other => {
+                return Err(DbError(format!(
+                    "unknown timeframe {other:?}: use 7d, 30d, 90d or 1y"
+                )))
+            }
         };
         self.with(|c| {
             let (trades, total, wins): (u64, f64, u64) = c.query_row(

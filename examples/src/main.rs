@@ -38,7 +38,12 @@ struct App {
 }
 
 /// Expensive analytics, cached per user in namespace `analytics` for 30 minutes.
-#[cache_user_specific(ttl = 1800, namespace = "analytics", data_type = "performance", skip(app))]
+#[cache_user_specific(
+    ttl = 1800,
+    namespace = "analytics",
+    data_type = "performance",
+    skip(app)
+)]
 async fn portfolio_performance(
     app: &App,
     user_id: &str,
@@ -87,7 +92,11 @@ struct ChatResponse {
 
 async fn chat(State(app): State<App>, Json(req): Json<ChatRequest>) -> Response {
     let hash = prompt_hash(&req.message);
-    match app.service.get_ai_response::<String>(&req.user_id, &hash).await {
+    match app
+        .service
+        .get_ai_response::<String>(&req.user_id, &hash)
+        .await
+    {
         Ok(Some(content)) => {
             return Json(ChatResponse {
                 content,
@@ -122,7 +131,10 @@ async fn chat(State(app): State<App>, Json(req): Json<ChatRequest>) -> Response 
     .into_response()
 }
 
-async fn quote(State(app): State<App>, Path((user_id, symbol)): Path<(String, String)>) -> Response {
+async fn quote(
+    State(app): State<App>,
+    Path((user_id, symbol)): Path<(String, String)>,
+) -> Response {
     match app
         .service
         .get_trading_data::<db::Quote>(&user_id, &symbol, "quote")
@@ -154,7 +166,9 @@ async fn quote(State(app): State<App>, Path((user_id, symbol)): Path<(String, St
 
 async fn clear_user(State(app): State<App>, Path(user_id): Path<String>) -> Response {
     match app.service.clear_all_user_cache(&user_id).await {
-        Ok(cleared) => Json(serde_json::json!({ "user_id": user_id, "cleared": cleared })).into_response(),
+        Ok(cleared) => {
+            Json(serde_json::json!({ "user_id": user_id, "cleared": cleared })).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -178,8 +192,7 @@ fn router(app: App) -> Router {
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let config = match CacheConfig::from_env() {

@@ -2,13 +2,15 @@
 //! multiplexed connections ("lanes").
 //!
 //! Why lanes: one multiplexed connection answers in order, so a 32 MiB value in flight
-//! stalls every small request queued behind it. Each request takes the lane with the fewest
-//! requests in flight; when every lane is busy and fewer than
-//! `REDIS_CONNECTION_POOL_MAX_SIZE` exist, another is opened in the background. Each lane is
+//! stalls every small request queued behind it. Each request takes the least-loaded lane
+//! that is not stalled (requests in flight, no completion for 2 ms); when the best lane is
+//! stalled or very busy and fewer than `REDIS_CONNECTION_POOL_MAX_SIZE` exist, another
+//! opens in the background. One lane pipelines small requests best, so lanes are not
+//! added merely because requests overlap. Each lane is
 //! a `ConnectionManager`, which reconnects after a server restart (a bare
 //! `MultiplexedConnection` never does).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,18 +25,53 @@ use crate::error::CacheError;
 /// Keys per SCAN / SSCAN page and per UNLINK batch.
 const BATCH: usize = 500;
 
+/// A lane with requests in flight and no completion for this long is stalled (e.g. a
+/// large value is streaming through it): new requests avoid it.
+const STALL_AFTER: Duration = Duration::from_millis(2);
+/// A lane this busy gets a sibling even when it makes progress.
+const GROW_AT_IN_FLIGHT: usize = 128;
+
 struct Lane {
     conn: ConnectionManager,
     in_flight: AtomicUsize,
+    /// Microseconds since the pool's epoch of the last completion (or start from idle).
+    progress_us: AtomicU64,
 }
 
-/// Decrements the lane's in-flight count however the request ends (also on cancel).
-struct InFlight<'a>(&'a Lane);
+impl Lane {
+    fn stalled(&self, now_us: u64) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+            && now_us.saturating_sub(self.progress_us.load(Ordering::Relaxed))
+                > STALL_AFTER.as_micros() as u64
+    }
+}
+
+/// Counts a request on a lane however it ends (also on cancel), recording progress.
+struct InFlight<'a> {
+    lane: &'a Lane,
+    epoch: Instant,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(lane: &'a Lane, epoch: Instant) -> Self {
+        if lane.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            lane.progress_us.store(micros(epoch), Ordering::Relaxed);
+        }
+        Self { lane, epoch }
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.lane
+            .progress_us
+            .store(micros(self.epoch), Ordering::Relaxed);
+        self.lane.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+fn micros(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Result of [`RedisBackend::count_namespaces`].
@@ -62,9 +99,12 @@ pub(crate) struct RedisBackend {
     lanes: RwLock<Vec<Arc<Lane>>>,
     /// A connect (first or extra lane) runs in the background.
     opening: AtomicBool,
+    /// Wakes callers waiting for a connect in progress (success or failure).
+    connect_done: tokio::sync::Notify,
     breaker: Breaker,
     /// Where stores, deletes and clears are announced when an L1 is enabled.
     invalidation_channel: Option<String>,
+    epoch: Instant,
 }
 
 impl RedisBackend {
@@ -94,8 +134,10 @@ impl RedisBackend {
             config: Arc::new(config.clone()),
             lanes: RwLock::new(Vec::new()),
             opening: AtomicBool::new(false),
+            connect_done: tokio::sync::Notify::new(),
             breaker: Breaker::default(),
             invalidation_channel,
+            epoch: Instant::now(),
         })
     }
 
@@ -143,19 +185,12 @@ impl RedisBackend {
         let conn = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(map_error(&e, &self.config)),
-            Err(_) => {
-                return Err(CacheError::Unreachable {
-                    endpoint: self.config.endpoint(),
-                    detail: format!(
-                        "no connection within REDIS_SOCKET_CONNECT_TIMEOUT ({:?})",
-                        self.config.connect_timeout
-                    ),
-                })
-            }
+            Err(_) => return Err(self.diagnose_connect_timeout().await),
         };
         let lane = Arc::new(Lane {
             conn,
             in_flight: AtomicUsize::new(0),
+            progress_us: AtomicU64::new(micros(self.epoch)),
         });
         let mut lanes = self.lanes.write().unwrap_or_else(PoisonError::into_inner);
         lanes.push(Arc::clone(&lane));
@@ -166,6 +201,27 @@ impl RedisBackend {
             "opened connection"
         );
         Ok(lane)
+    }
+
+    /// A connect that timed out: with TLS on, a server that accepts TCP but never answers
+    /// the handshake is most likely plain Redis on this port.
+    async fn diagnose_connect_timeout(&self) -> CacheError {
+        let timeout = self.config.connect_timeout;
+        if self.config.tls.is_some() {
+            let probe = tokio::net::TcpStream::connect((self.config.host.as_str(), self.config.port));
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+                return CacheError::Tls {
+                    endpoint: self.config.endpoint(),
+                    detail: format!(
+                        "TCP connected but the TLS handshake got no answer within {timeout:?}: the port probably serves plain Redis (use redis://, or the TLS port)"
+                    ),
+                };
+            }
+        }
+        CacheError::Unreachable {
+            endpoint: self.config.endpoint(),
+            detail: format!("no connection within REDIS_SOCKET_CONNECT_TIMEOUT ({timeout:?})"),
+        }
     }
 
     /// Opens a lane in a spawned task, so a caller's timeout cannot cancel the connect
@@ -180,15 +236,28 @@ impl RedisBackend {
         Some(tokio::spawn(async move {
             let result = this.open_lane().await;
             this.opening.store(false, Ordering::Release);
+            this.connect_done.notify_waiters();
             result
         }))
     }
 
     /// The first lane: opened on first use, so an application starts while Redis is down.
-    /// While another caller connects, this one skips the cache rather than wait.
+    /// Callers arriving while it connects wait for that connect (bounded by the connect
+    /// timeout; decorated calls are bounded by the socket timeout on top).
     async fn first_lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
+        let notified = self.connect_done.notified();
+        tokio::pin!(notified);
+        // Registered before checking, so a connect finishing in between still wakes us.
+        notified.as_mut().enable();
         let Some(task) = self.spawn_open() else {
-            return self.pick().ok_or(CacheError::Unavailable);
+            if let Some((lane, _)) = self.pick() {
+                return Ok(lane);
+            }
+            let _ = tokio::time::timeout(self.config.connect_timeout, notified).await;
+            return self.pick().map(|(l, _)| l).ok_or_else(|| CacheError::Unreachable {
+                endpoint: self.config.endpoint(),
+                detail: "the connection attempt in progress did not succeed".to_owned(),
+            });
         };
         match task.await {
             Ok(Ok(lane)) => Ok(lane),
@@ -205,13 +274,16 @@ impl RedisBackend {
         }
     }
 
-    /// The least-loaded lane, if any exists.
-    fn pick(&self) -> Option<Arc<Lane>> {
+    /// The least-loaded lane that is not stalled (any lane if all are), and whether the
+    /// pool should grow.
+    fn pick(&self) -> Option<(Arc<Lane>, bool)> {
         let lanes = self.lanes.read().unwrap_or_else(PoisonError::into_inner);
-        let lane = lanes
+        let now = micros(self.epoch);
+        let best = lanes
             .iter()
-            .min_by_key(|l| l.in_flight.load(Ordering::Relaxed))?;
-        Some(Arc::clone(lane))
+            .min_by_key(|l| (l.stalled(now), l.in_flight.load(Ordering::Relaxed)))?;
+        let grow = best.stalled(now) || best.in_flight.load(Ordering::Relaxed) >= GROW_AT_IN_FLIGHT;
+        Some((Arc::clone(best), grow))
     }
 
     fn grow_in_background(self: &Arc<Self>) {
@@ -228,8 +300,8 @@ impl RedisBackend {
 
     async fn lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
         match self.pick() {
-            Some(lane) => {
-                if lane.in_flight.load(Ordering::Relaxed) > 0 {
+            Some((lane, grow)) => {
+                if grow {
                     self.grow_in_background();
                 }
                 Ok(lane)
@@ -287,8 +359,7 @@ impl RedisBackend {
     ) -> Result<T, CacheError> {
         self.guarded(async {
             let lane = self.lane().await?;
-            lane.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = InFlight(&lane);
+            let _in_flight = InFlight::start(&lane, self.epoch);
             let mut conn = lane.conn.clone();
             cmd.query_async(&mut conn)
                 .await
@@ -303,8 +374,7 @@ impl RedisBackend {
     ) -> Result<T, CacheError> {
         self.guarded(async {
             let lane = self.lane().await?;
-            lane.in_flight.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = InFlight(&lane);
+            let _in_flight = InFlight::start(&lane, self.epoch);
             let mut conn = lane.conn.clone();
             pipe.query_async(&mut conn)
                 .await
@@ -566,6 +636,19 @@ pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
         .as_deref()
         .map(|p| read_file("REDIS_SSL_CA_CERTS", p))
         .transpose()?;
+    if let (Some(pem), Some(path)) = (&root_cert, &tls.ca_certs) {
+        use rustls::pki_types::pem::PemObject as _;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+            .filter(Result::is_ok)
+            .count();
+        if certs == 0 {
+            return Err(CacheError::Config(crate::config::ConfigError::Invalid {
+                var: "REDIS_SSL_CA_CERTS",
+                value: path.display().to_string(),
+                fix: "the file holds no PEM certificate (-----BEGIN CERTIFICATE-----); point it at the CA file, e.g. Redis Cloud's redis_ca.pem".to_owned(),
+            }));
+        }
+    }
     let certs = redis::TlsCertificates {
         client_tls,
         root_cert,
@@ -603,7 +686,23 @@ fn looks_like_tls(text: &str) -> bool {
 /// driver's messages do not carry it, and we add only host and port.
 pub(crate) fn map_error(e: &RedisError, config: &RedisConfig) -> CacheError {
     let text = e.to_string();
-    let code = e.code().unwrap_or("");
+    // Inside a pipeline, `code()` only knows the codes redis-rs knows; read each reply's.
+    let server_codes: Vec<String> = e
+        .clone()
+        .into_server_errors()
+        .map(|errs| errs.iter().map(|(_, se)| se.code().to_owned()).collect())
+        .unwrap_or_default();
+    let code = e
+        .code()
+        .map(str::to_owned)
+        .or_else(|| {
+            ["WRONGPASS", "NOAUTH", "NOPERM", "WRONGTYPE"]
+                .into_iter()
+                .find(|c| server_codes.iter().any(|s| s == c))
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let code = code.as_str();
     if matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")
         || e.kind() == ErrorKind::AuthenticationFailed
     {
@@ -625,9 +724,18 @@ pub(crate) fn map_error(e: &RedisError, config: &RedisConfig) -> CacheError {
         };
     }
     if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        let lower = text.to_ascii_lowercase();
+        // A TLS-only port resets a plaintext client: the classic Redis Cloud mistake.
+        let detail = if config.tls.is_none()
+            && (lower.contains("reset") || lower.contains("closed") || lower.contains("broken pipe"))
+        {
+            format!("{text} (the server closed the connection: if it requires TLS, as Redis Cloud does, use a rediss:// URL)")
+        } else {
+            text
+        };
         return CacheError::Unreachable {
             endpoint: config.endpoint(),
-            detail: text,
+            detail,
         };
     }
     CacheError::Redis(text)
