@@ -264,3 +264,11 @@ where
     drop(leader);
     result
 }
+
+/// Hooks for the project's own reliability tests. Not API.
+pub mod testing {
+    /// Makes this share (0.0 to 1.0) of Redis operations fail before being sent.
+    pub fn set_fault_rate(rate: f64) {
+        crate::backend::faults::set_rate(rate);
+    }
+}

@@ -4,6 +4,7 @@
 //! backend answers the same byte-level operations with Redis semantics.
 
 pub(crate) mod breaker;
+pub(crate) mod faults;
 pub(crate) mod memory;
 pub(crate) mod redis;
 

@@ -326,6 +326,9 @@ impl RedisBackend {
     where
         F: std::future::Future<Output = Result<T, CacheError>>,
     {
+        if crate::backend::faults::should_fail() {
+            return Err(CacheError::Redis("injected fault (fault injection is on)".to_owned()));
+        }
         let Some(permit) = self.breaker.permit() else {
             return Err(CacheError::Unavailable);
         };
