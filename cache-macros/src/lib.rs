@@ -1,14 +1,139 @@
-//! Attribute macros of the caching framework. Use them through `cache_runtime`.
+//! Attribute macros of the caching framework. Use them through `cache_runtime`, which
+//! re-exports them: `use cache_runtime::{cache_result, cache_user_specific};`.
+//!
+//! The entry points below only convert token streams; parsing (`args.rs`), validation
+//! against the signature (`validate.rs`) and code generation (`expand.rs`) work on
+//! `proc_macro2` and are unit-tested, including expansion snapshots
+//! (`tests/snapshots/*.expanded.rs`).
 use proc_macro::TokenStream;
 
-/// Caches the result of an async function (placeholder until the attribute lands).
+mod args;
+mod ctxt;
+mod duration;
+mod expand;
+#[cfg(test)]
+mod snapshots;
+mod validate;
+
+/// Caches the result of an `async fn` in Redis (or the embedded store), keyed by its arguments.
+///
+/// ```ignore
+/// use cache_runtime::cache_result;
+///
+/// #[cache_result(ttl = 3600, namespace = "analytics")]
+/// async fn calculate_portfolio_metrics(user_id: &str, timeframe: &str) -> Result<Metrics, DbError> {
+///     // runs only on a miss
+/// }
+/// ```
+///
+/// A call hashes its arguments into the key
+/// `{prefix}:{namespace}:{module::function}:v{version}:{hash}` and returns the stored value
+/// when there is one; otherwise it runs the body (once per key in the process, however many
+/// calls wait for it) and stores the result. Any cache failure is logged and the body runs:
+/// the cache never changes what the function returns.
+///
+/// # Arguments
+///
+/// | argument | meaning | default |
+/// |---|---|---|
+/// | `ttl = 3600` / `ttl = "30m"` | time to live: seconds, or a duration with units `d`, `h`, `m`, `s` in that order (`"90s"`, `"1h30m"`, `"1d"`); must be positive | the namespace's TTL (`REDIS_TTL_DEFAULT` for `general`) |
+/// | `namespace = "analytics"` | second key segment, `[a-z0-9_-]{1,64}` | `"general"` |
+/// | `version = 2` | bump to never read values stored by an older body | `1` |
+/// | `skip(a, b)` | parameters left out of the key (connections, clients, loggers) | none |
+/// | `skip(self)` / `include(self)` | on methods, one of them is **required**: `skip(self)` shares entries between all values of the type; `include(self)` serialises `self` into the key (`Self: Serialize`) | - |
+/// | `cache_none = true` | for `Option<T>` returns, also cache `None` | `false` |
+/// | `companions = true/false` | generate the invalidation companions (below) | `true` without `self`, `false` for methods |
+///
+/// Unknown arguments (with a "did you mean" hint), duplicates, bad values and signature
+/// problems are all reported in one compilation, each on its token.
+///
+/// # What is cached
+///
+/// Decided from the return type as written:
+/// - `Result<T, E>` (and aliases such as `io::Result<T>`, `anyhow::Result<T>`): only `Ok(T)`
+///   is stored; `E` needs no trait. `T: Serialize + DeserializeOwned`.
+/// - `Option<T>`: only `Some(T)`, unless `cache_none = true`.
+/// - anything else: every value (`Serialize + DeserializeOwned`).
+///
+/// A function returning `()` is rejected (nothing to cache), as is `impl Trait`.
+///
+/// # The key
+///
+/// Every parameter not skipped must implement `Serialize`; parameters must be plain names
+/// (`pair: (u32, u32)`, not `(a, b): (u32, u32)`); `_` parameters are never part of the key;
+/// `impl Trait` parameters must be skipped. The hash also covers the function path, the
+/// version, a fingerprint of the signature (key parameters' names and types, the return type,
+/// what is stored), every generic type parameter (`type_name`), every const parameter, and
+/// for methods and functions mentioning `Self` the `Self` type: `f::<u32>` and `f::<String>`,
+/// or `A::get` and `B::get`, never share entries. Note: two receiver-less associated
+/// functions with the same name, module and signature on different types (and not naming
+/// `Self`) share keys; give them distinct namespaces or versions.
+///
+/// # Companions: invalidate or refresh one entry
+///
+/// Next to a function without `self` (or a method with `companions = true`), the attribute
+/// generates, with the function's visibility and generics:
+///
+/// ```ignore
+/// fn {name}_cache_key(<key params>) -> Option<String>;                        // the full key
+/// async fn {name}_invalidate(<key params>) -> Result<bool, cache_runtime::CacheError>; // delete it
+/// ```
+///
+/// They take the key parameters in their order (skipped ones omitted), by reference when
+/// the function takes them by value, and `&self` for methods. To refresh an entry,
+/// invalidate it and call the function.
+///
+/// ```ignore
+/// #[cache_result(namespace = "trading", ttl = "15m")]
+/// pub async fn quote(symbol: &str, venue: String) -> Result<f64, ApiError> { /* ... */ }
+///
+/// quote_invalidate("AAPL", &venue).await?;   // Ok(true): an entry was removed
+/// let fresh = quote("AAPL", venue).await?;  // runs the body, stores the new value
+/// ```
+///
+/// A trait `impl` cannot hold extra items: methods get no companions by default, and a
+/// receiver-less function in a trait impl needs `companions = false`. `#[async_trait]` impls
+/// never get companions.
+///
+/// # Methods and traits
+///
+/// Works on inherent methods, native `async fn` in trait impls, and `#[async_trait]` impls
+/// (put `#[async_trait]` on the impl and this attribute on the method). Stacks with
+/// `#[tracing::instrument]` in either order. Not on a trait's method declaration: put it on
+/// the implementation.
 #[proc_macro_attribute]
-pub fn cache_result(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn cache_result(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cache_result(args.into(), item.into()).into()
 }
 
-/// Caches the result of an async function per user (placeholder until the attribute lands).
+/// Caches the result of an `async fn` per user: the key carries a `user:{id}` segment.
+///
+/// ```ignore
+/// use cache_runtime::cache_user_specific;
+///
+/// #[cache_user_specific(ttl = 1800, data_type = "reports")]
+/// async fn generate_user_report(user_id: &str, report_type: &str) -> Report {
+///     // runs only on a miss
+/// }
+/// // key: tradistry:users:user:{user_id}:{module::generate_user_report}:v1:{hash}
+/// ```
+///
+/// Everything of [`cache_result`] applies (`ttl`, `namespace`, `version`, `skip`,
+/// `skip(self)`/`include(self)`, `cache_none`, `companions`, return shapes, companions),
+/// with these differences:
+///
+/// | argument | meaning | default |
+/// |---|---|---|
+/// | `namespace = "ai"` | second key segment | `"users"` |
+/// | `user = account_id` | the parameter holding the user id; its type must implement `Display` (the id is escaped in the key, so `a:b*` cannot forge or glob other keys); it cannot be skipped | the parameter named `user_id` (required) |
+/// | `data_type = "reports"` | what kind of per-user data this is, `[a-z0-9_-]{1,64}` | the function name |
+///
+/// The user segment comes right after the namespace, and the entry is recorded in the user's
+/// index, so all of one user's entries can be found and cleared without scanning other
+/// users' keys. `data_type` is mixed into the hashed signature fingerprint (not written as a
+/// key segment): two functions with different data types never share entries (their paths
+/// differ too), and changing a function's `data_type` starts it on fresh entries.
 #[proc_macro_attribute]
-pub fn cache_user_specific(_args: TokenStream, item: TokenStream) -> TokenStream {
-    item
+pub fn cache_user_specific(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::cache_user_specific(args.into(), item.into()).into()
 }

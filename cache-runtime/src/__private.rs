@@ -106,7 +106,7 @@ pub async fn invalidate(site: &'static Site, key: CallKey) -> Result<bool, Cache
     let Some(full) = key.render(cache, site) else {
         return Ok(false);
     };
-    cache.l1_forget(&full);
+    cache.forget_local(&full);
     cache.backend().delete(&full).await
 }
 
@@ -135,23 +135,6 @@ where
     Fut: Future<Output = Option<T>>,
 {
     run::<SomeOnly, _, _>(site, key, body).await
-}
-
-/// Bounds a cache operation by the socket timeout, so a hung server costs at most that.
-async fn bounded<F: Future<Output = Result<R, CacheError>>, R>(
-    cache: &Cache,
-    op: F,
-) -> Result<R, CacheError> {
-    let Some(limit) = cache.op_timeout() else {
-        return op.await;
-    };
-    match tokio::time::timeout(limit, op).await {
-        Ok(r) => r,
-        Err(_) => {
-            cache.backend().note_timeout();
-            Err(CacheError::Timeout(limit))
-        }
-    }
 }
 
 /// Which part of a return value is stored, and how a stored value becomes a return value.
@@ -208,7 +191,7 @@ where
         tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
         return body.await;
     };
-    match bounded(cache, cache.get_raw::<S::Stored>(site.namespace, &full)).await {
+    match cache.get_raw::<S::Stored>(site.namespace, &full).await {
         Ok(Some(v)) => return rebuild(v),
         Ok(None) => {}
         // The breaker already said so once; don't log every bypassed call.
@@ -249,11 +232,9 @@ where
         .as_deref()
         .map(|user| cache.keys().user_index_escaped(user));
     let ttl = ttl(cache, site);
-    if let Err(e) = bounded(
-        cache,
-        cache.set_bytes(site.namespace, &full, &bytes, Some(ttl), index.as_deref()),
-    )
-    .await
+    if let Err(e) = cache
+        .set_bytes(site.namespace, &full, &bytes, Some(ttl), index.as_deref())
+        .await
     {
         if matches!(e, CacheError::Unavailable) {
             tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: cache bypassed");

@@ -2,16 +2,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::backend::{Backend, KeyTtl, PoolStats};
+use crate::backend::{Backend, Bytes, KeyTtl, PoolStats};
 use crate::codec::CodecKind;
 use crate::config::{BackendConfig, CacheConfig};
 use crate::error::CacheError;
-use crate::flight::Flights;
+use crate::flight::{self, FlightState, Flights, Role};
 use crate::key::KeyBuilder;
 use crate::l1::L1;
 use crate::namespace::{self, Namespace};
@@ -48,8 +49,11 @@ pub(crate) struct Inner {
     pub(crate) backend: Backend,
     pub(crate) keys: KeyBuilder,
     pub(crate) config: CacheConfig,
-    counters: RwLock<HashMap<String, Arc<Counters>>>,
+    /// Read on every call, written once per new namespace: copy-on-write.
+    counters: ArcSwap<HashMap<String, Arc<Counters>>>,
     pub(crate) flights: Flights,
+    /// Concurrent reads of one key share one round trip.
+    reads: Flights,
     pub(crate) started: Instant,
     l1: Option<Arc<L1>>,
 }
@@ -114,8 +118,9 @@ impl Cache {
                 backend,
                 keys: KeyBuilder::new(config.key_prefix.clone()),
                 config,
-                counters: RwLock::default(),
+                counters: ArcSwap::default(),
                 flights: Flights::default(),
+                reads: Flights::default(),
                 started: Instant::now(),
                 l1,
             }),
@@ -136,8 +141,9 @@ impl Cache {
                 )),
                 keys: KeyBuilder::new(crate::config::DEFAULT_KEY_PREFIX),
                 config: CacheConfig::default(),
-                counters: RwLock::default(),
+                counters: ArcSwap::default(),
                 flights: Flights::default(),
+                reads: Flights::default(),
                 started: Instant::now(),
                 l1: None,
             }),
@@ -182,7 +188,7 @@ impl Cache {
     /// never touches another user's keys, whatever characters the ids contain.
     pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
         let index = self.inner.keys.user_index(user_id);
-        self.l1_forget_prefix_user(user_id);
+        self.forget_local_user(user_id);
         let n = self.inner.backend.clear_index(&index, None).await?;
         tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
         Ok(n)
@@ -199,7 +205,7 @@ impl Cache {
             .inner
             .keys
             .user_namespace_prefix(namespace.as_str(), user_id);
-        self.l1_forget_prefix(&prefix);
+        self.forget_local_prefix(&prefix);
         let n = self
             .inner
             .backend
@@ -224,11 +230,7 @@ impl Cache {
 
     /// Counters of every namespace used so far.
     pub fn counters(&self) -> HashMap<String, NamespaceCounters> {
-        let map = self
-            .inner
-            .counters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = self.inner.counters.load();
         map.iter()
             .map(|(ns, c)| {
                 let hits = c.hits.load(Ordering::Relaxed);
@@ -250,29 +252,21 @@ impl Cache {
     }
 
     pub(crate) fn counters_for(&self, namespace: &str) -> Arc<Counters> {
-        if let Some(c) = self
-            .inner
-            .counters
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(namespace)
-        {
+        if let Some(c) = self.inner.counters.load().get(namespace) {
             return Arc::clone(c);
         }
-        let mut map = self
-            .inner
+        let map = self.inner.counters.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(namespace.to_owned()).or_default();
+            next
+        });
+        // `rcu` returns the map it replaced; read the new one.
+        drop(map);
+        self.inner
             .counters
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(namespace.to_owned()).or_default())
-    }
-
-    /// The bound on one cache operation of a decorated call (`None`: in-process, no I/O).
-    pub(crate) fn op_timeout(&self) -> Option<Duration> {
-        match &self.inner.config.backend {
-            BackendConfig::Redis(r) => Some(r.socket_timeout),
-            BackendConfig::Memory(_) => None,
-        }
+            .load()
+            .get(namespace)
+            .map_or_else(Arc::default, Arc::clone)
     }
 
     pub(crate) fn codec(&self) -> CodecKind {
@@ -342,7 +336,43 @@ impl Cache {
     }
 
     /// A backend read that fills the L1 (with Redis' remaining TTL) when it is enabled.
-    async fn read(&self, key: &str) -> Result<Option<crate::backend::Bytes>, CacheError> {
+    async fn read(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        if matches!(self.inner.backend, Backend::Memory(_)) {
+            // No round trip to share.
+            return self.read_direct(key).await;
+        }
+        match self.inner.reads.join(key) {
+            Role::Follower(rx) => match flight::wait(rx).await {
+                FlightState::Done(bytes) => Ok(Some(Bytes::Shared(bytes))),
+                FlightState::Absent => Ok(None),
+                FlightState::Running | FlightState::NotCached => self.read_direct(key).await,
+            },
+            Role::Leader(leader) => {
+                let result = self.read_direct(key).await;
+                if !leader.has_followers() {
+                    return result;
+                }
+                match result {
+                    Ok(Some(bytes)) => {
+                        let shared: Arc<[u8]> = match bytes {
+                            Bytes::Shared(b) => b,
+                            Bytes::Owned(v) => v.into(),
+                        };
+                        leader.publish(FlightState::Done(Arc::clone(&shared)));
+                        Ok(Some(Bytes::Shared(shared)))
+                    }
+                    Ok(None) => {
+                        leader.publish(FlightState::Absent);
+                        Ok(None)
+                    }
+                    // Followers retry on their own (the leader's drop tells them).
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn read_direct(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         match (self.l1(), &self.inner.backend) {
             (Some(l1), Backend::Redis(r)) => {
                 let ticket = l1.ticket(key);
@@ -354,33 +384,39 @@ impl Cache {
                 if let Ok(ms) = u64::try_from(pttl) {
                     l1.fill(key, Arc::clone(&shared), Duration::from_millis(ms), &ticket);
                 }
-                Ok(Some(crate::backend::Bytes::Shared(shared)))
+                Ok(Some(Bytes::Shared(shared)))
             }
             _ => self.inner.backend.get(key).await,
         }
     }
 
-    /// Drops `key` from this process' L1 before a write (other processes hear it on the channel).
-    pub(crate) fn l1_forget(&self, key: &str) {
+    /// Before a write: drops `key` from this process' L1 (other processes hear it on the
+    /// channel) and ends its read flight, so later reads see the write.
+    pub(crate) fn forget_local(&self, key: &str) {
+        self.inner.reads.forget(key);
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate_key(key);
         }
     }
 
-    /// Drops every L1 entry under `prefix` in this process.
-    pub(crate) fn l1_forget_prefix(&self, prefix: &str) {
+    /// Before a clear: the same for every key under `prefix`.
+    pub(crate) fn forget_local_prefix(&self, prefix: &str) {
+        self.inner.reads.forget_matching(|k| k.starts_with(prefix));
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate_prefix(prefix);
         }
     }
 
     /// Drops this process' L1 entries of one user (every namespace).
-    fn l1_forget_prefix_user(&self, user_id: &str) {
+    fn forget_local_user(&self, user_id: &str) {
+        // Keys of a user are `{prefix}:{ns}:user:{id}:…`; the namespace varies, so match on
+        // the user part.
+        let needle = format!(":user:{}:", crate::key::escape_segment(user_id));
+        let prefix = format!("{}:", self.inner.keys.prefix());
+        self.inner
+            .reads
+            .forget_matching(|k| k.starts_with(&prefix) && k.contains(&needle));
         if let Some(l1) = &self.inner.l1 {
-            // Keys of a user are `{prefix}:{ns}:user:{id}:…`; the namespace varies, so
-            // match on the user part.
-            let needle = format!(":user:{}:", crate::key::escape_segment(user_id));
-            let prefix = format!("{}:", self.inner.keys.prefix());
             l1.invalidate_matching(move |k| k.starts_with(&prefix) && k.contains(&needle));
         }
     }
@@ -429,7 +465,7 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let counters = self.counters_for(namespace);
         let start = Instant::now();
-        self.l1_forget(key);
+        self.forget_local(key);
         match self.inner.backend.set(key, bytes, ttl, index).await {
             Ok(()) => {
                 counters.stores.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +530,7 @@ impl NamespaceCache<'_> {
     /// Deletes; `true` when the key existed.
     pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let key = self.key(key);
-        self.cache.l1_forget(&key);
+        self.cache.forget_local(&key);
         self.cache.backend().delete(&key).await
     }
 
@@ -529,7 +565,7 @@ impl NamespaceCache<'_> {
     /// Deletes every key of the namespace (SCAN + UNLINK); returns how many were deleted.
     pub async fn clear(&self) -> Result<u64, CacheError> {
         let prefix = format!("{}:{}:", self.cache.inner.keys.prefix(), self.ns);
-        self.cache.l1_forget_prefix(&prefix);
+        self.cache.forget_local_prefix(&prefix);
         let n = self.cache.backend().clear_prefix(&prefix).await?;
         tracing::info!(target: "cache_runtime::store", namespace = %self.ns, deleted = n, "cleared namespace");
         Ok(n)

@@ -80,13 +80,6 @@ impl Backend {
         }
     }
 
-    /// A caller's own timeout expired on this backend (feeds the circuit breaker).
-    pub(crate) fn note_timeout(&self) {
-        if let Self::Redis(r) = self {
-            r.note_timeout();
-        }
-    }
-
     /// Whether calls currently bypass the store after repeated failures.
     pub(crate) fn circuit_open(&self) -> bool {
         match self {

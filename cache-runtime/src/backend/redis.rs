@@ -11,7 +11,9 @@
 //! `MultiplexedConnection` never does).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -96,7 +98,8 @@ pub struct PoolStats {
 pub(crate) struct RedisBackend {
     client: Client,
     config: Arc<RedisConfig>,
-    lanes: RwLock<Vec<Arc<Lane>>>,
+    /// Read on every request, written when a lane opens: copy-on-write.
+    lanes: ArcSwap<Vec<Arc<Lane>>>,
     /// A connect (first or extra lane) runs in the background.
     opening: AtomicBool,
     /// Wakes callers waiting for a connect in progress (success or failure).
@@ -132,7 +135,7 @@ impl RedisBackend {
         Ok(Self {
             client,
             config: Arc::new(config.clone()),
-            lanes: RwLock::new(Vec::new()),
+            lanes: ArcSwap::from_pointee(Vec::new()),
             opening: AtomicBool::new(false),
             connect_done: tokio::sync::Notify::new(),
             breaker: Breaker::default(),
@@ -157,7 +160,7 @@ impl RedisBackend {
     }
 
     pub(crate) fn pool_stats(&self) -> PoolStats {
-        let lanes = self.lanes.read().unwrap_or_else(PoisonError::into_inner);
+        let lanes = self.lanes.load();
         let busy = lanes
             .iter()
             .filter(|l| l.in_flight.load(Ordering::Relaxed) > 0)
@@ -171,7 +174,9 @@ impl RedisBackend {
 
     fn manager_config(&self) -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.config.socket_timeout))
+            // Requests are bounded once, in `guarded` (one timer per request, and it also
+            // covers waiting for a connection).
+            .set_response_timeout(None)
             .set_connection_timeout(Some(self.config.connect_timeout))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
@@ -192,12 +197,15 @@ impl RedisBackend {
             in_flight: AtomicUsize::new(0),
             progress_us: AtomicU64::new(micros(self.epoch)),
         });
-        let mut lanes = self.lanes.write().unwrap_or_else(PoisonError::into_inner);
-        lanes.push(Arc::clone(&lane));
+        let lanes = self.lanes.rcu(|lanes| {
+            let mut next = Vec::clone(lanes);
+            next.push(Arc::clone(&lane));
+            next
+        });
         tracing::debug!(
             target: "cache_runtime::connection",
             endpoint = %self.config.endpoint(),
-            connections = lanes.len(),
+            connections = lanes.len() + 1,
             "opened connection"
         );
         Ok(lane)
@@ -208,7 +216,8 @@ impl RedisBackend {
     async fn diagnose_connect_timeout(&self) -> CacheError {
         let timeout = self.config.connect_timeout;
         if self.config.tls.is_some() {
-            let probe = tokio::net::TcpStream::connect((self.config.host.as_str(), self.config.port));
+            let probe =
+                tokio::net::TcpStream::connect((self.config.host.as_str(), self.config.port));
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
                 return CacheError::Tls {
                     endpoint: self.config.endpoint(),
@@ -254,10 +263,13 @@ impl RedisBackend {
                 return Ok(lane);
             }
             let _ = tokio::time::timeout(self.config.connect_timeout, notified).await;
-            return self.pick().map(|(l, _)| l).ok_or_else(|| CacheError::Unreachable {
-                endpoint: self.config.endpoint(),
-                detail: "the connection attempt in progress did not succeed".to_owned(),
-            });
+            return self
+                .pick()
+                .map(|(l, _)| l)
+                .ok_or_else(|| CacheError::Unreachable {
+                    endpoint: self.config.endpoint(),
+                    detail: "the connection attempt in progress did not succeed".to_owned(),
+                });
         };
         match task.await {
             Ok(Ok(lane)) => Ok(lane),
@@ -277,7 +289,13 @@ impl RedisBackend {
     /// The least-loaded lane that is not stalled (any lane if all are), and whether the
     /// pool should grow.
     fn pick(&self) -> Option<(Arc<Lane>, bool)> {
-        let lanes = self.lanes.read().unwrap_or_else(PoisonError::into_inner);
+        let lanes = self.lanes.load();
+        if let [only] = lanes.as_slice() {
+            // The common case: skip the clock unless the lane is busy.
+            if only.in_flight.load(Ordering::Relaxed) == 0 {
+                return Some((Arc::clone(only), false));
+            }
+        }
         let now = micros(self.epoch);
         let best = lanes
             .iter()
@@ -287,11 +305,7 @@ impl RedisBackend {
     }
 
     fn grow_in_background(self: &Arc<Self>) {
-        let len = self
-            .lanes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
+        let len = self.lanes.load().len();
         if len < self.config.pool_max_size {
             // Detached: the lane registers itself; a failure only means fewer lanes.
             drop(self.spawn_open());
@@ -315,11 +329,6 @@ impl RedisBackend {
         self.breaker.is_open()
     }
 
-    /// A caller gave up waiting (its own timeout): counts as a connection fault.
-    pub(crate) fn note_timeout(&self) {
-        self.breaker.failure(&Permit::Normal);
-    }
-
     /// Runs a request under the circuit breaker: connection faults count, server replies
     /// (even errors like WRONGTYPE) prove the connection works.
     async fn guarded<T, F>(self: &Arc<Self>, request: F) -> Result<T, CacheError>
@@ -327,7 +336,9 @@ impl RedisBackend {
         F: std::future::Future<Output = Result<T, CacheError>>,
     {
         if crate::backend::faults::should_fail() {
-            return Err(CacheError::Redis("injected fault (fault injection is on)".to_owned()));
+            return Err(CacheError::Redis(
+                "injected fault (fault injection is on)".to_owned(),
+            ));
         }
         let Some(permit) = self.breaker.permit() else {
             return Err(CacheError::Unavailable);
@@ -342,7 +353,10 @@ impl RedisBackend {
             }
         }
         let mut guard = Abandon(&self.breaker, Some(permit));
-        let result = request.await;
+        let result = match tokio::time::timeout(self.config.socket_timeout, request).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Timeout(self.config.socket_timeout)),
+        };
         if let Some(permit) = guard.1.take() {
             match &result {
                 Err(e) if e.is_connection_fault() && !matches!(e, CacheError::Unavailable) => {
@@ -730,7 +744,9 @@ pub(crate) fn map_error(e: &RedisError, config: &RedisConfig) -> CacheError {
         let lower = text.to_ascii_lowercase();
         // A TLS-only port resets a plaintext client: the classic Redis Cloud mistake.
         let detail = if config.tls.is_none()
-            && (lower.contains("reset") || lower.contains("closed") || lower.contains("broken pipe"))
+            && (lower.contains("reset")
+                || lower.contains("closed")
+                || lower.contains("broken pipe"))
         {
             format!("{text} (the server closed the connection: if it requires TLS, as Redis Cloud does, use a rediss:// URL)")
         } else {

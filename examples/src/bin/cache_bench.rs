@@ -160,7 +160,14 @@ struct Row {
     met: bool,
 }
 
-fn row(name: &str, ours: String, baseline: String, ratio: Option<f64>, target: &str, met: bool) -> Row {
+fn row(
+    name: &str,
+    ours: String,
+    baseline: String,
+    ratio: Option<f64>,
+    target: &str,
+    met: bool,
+) -> Row {
     Row {
         name: name.to_owned(),
         ours,
@@ -171,7 +178,10 @@ fn row(name: &str, ours: String, baseline: String, ratio: Option<f64>, target: &
     }
 }
 
-async fn sequential_hits(sizes: &Sizes, baseline: &Baseline) -> (Duration, Duration, Duration, Duration) {
+async fn sequential_hits(
+    sizes: &Sizes,
+    baseline: &Baseline,
+) -> (Duration, Duration, Duration, Duration) {
     // Warm both: every key stored once.
     for id in 0..sizes.seq_keys {
         cached_portfolio(id).await;
@@ -261,7 +271,10 @@ async fn stampede(sizes: &Sizes, baseline: &Baseline) -> (u64, u64) {
     let handles: Vec<_> = (0..sizes.stampede)
         .map(|_| {
             let b = baseline.clone();
-            tokio::spawn(async move { b.get(424_242, "slow", Some(Duration::from_millis(50))).await })
+            tokio::spawn(async move {
+                b.get(424_242, "slow", Some(Duration::from_millis(50)))
+                    .await
+            })
         })
         .collect();
     for h in handles {
@@ -270,7 +283,11 @@ async fn stampede(sizes: &Sizes, baseline: &Baseline) -> (u64, u64) {
     (ours, baseline.runs.load(Ordering::Relaxed) - before)
 }
 
-async fn clear_user(sizes: &Sizes, url: &str, conn: &mut redis::aio::MultiplexedConnection) -> (Duration, Duration) {
+async fn clear_user(
+    sizes: &Sizes,
+    url: &str,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> (Duration, Duration) {
     let _: () = redis::cmd("DEBUG")
         .arg("POPULATE")
         .arg(sizes.other_keys)
@@ -278,22 +295,29 @@ async fn clear_user(sizes: &Sizes, url: &str, conn: &mut redis::aio::Multiplexed
         .query_async(conn)
         .await
         .unwrap_or(());
-    let cache = cache_runtime::Cache::new(
-        CacheConfig::builder().url(url).build().unwrap_or_default(),
-    )
-    .unwrap_or_else(|_| cache_runtime::Cache::in_memory());
+    let cache =
+        cache_runtime::Cache::new(CacheConfig::builder().url(url).build().unwrap_or_default())
+            .unwrap_or_else(|_| cache_runtime::Cache::in_memory());
     let service = CacheService::new(cache);
     for round in 0..2 {
         for i in 0..sizes.user_keys {
             let _ = service
-                .cache_user_data(&format!("bench_user_{round}"), &format!("item{i}"), &i, None)
+                .cache_user_data(
+                    &format!("bench_user_{round}"),
+                    &format!("item{i}"),
+                    &i,
+                    None,
+                )
                 .await;
         }
     }
     let t = Instant::now();
     let cleared = service.clear_user_cache("bench_user_0").await.unwrap_or(0);
     let ours = t.elapsed();
-    assert_eq!(cleared as usize, sizes.user_keys, "clear_user_cache deleted {cleared}");
+    assert_eq!(
+        cleared as usize, sizes.user_keys,
+        "clear_user_cache deleted {cleared}"
+    );
     // Baseline: the seed's way, a SCAN over the whole keyspace with a MATCH pattern.
     let t = Instant::now();
     let mut cursor: u64 = 0;
@@ -358,8 +382,13 @@ async fn run(smoke: bool) -> Result<Vec<Row>, String> {
     let sizes = if smoke { &SMOKE } else { &FULL };
     let server = cache_tests::RedisServer::plain();
     let url = server.url();
-    cache_runtime::init(CacheConfig::builder().url(&url).build().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    cache_runtime::init(
+        CacheConfig::builder()
+            .url(&url)
+            .build()
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
     let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
     let conn = client
         .get_multiplexed_async_connection()
@@ -373,9 +402,23 @@ async fn run(smoke: bool) -> Result<Vec<Row>, String> {
 
     let (o50, o99, b50, b99) = sequential_hits(sizes, &baseline).await;
     let r = us(o50) / us(b50);
-    rows.push(row("a. sequential hits p50", fmt_us(o50), fmt_us(b50), Some(r), "≤ 1.05x", r <= 1.05));
+    rows.push(row(
+        "a. sequential hits p50",
+        fmt_us(o50),
+        fmt_us(b50),
+        Some(r),
+        "≤ 1.05x",
+        r <= 1.05,
+    ));
     let r99 = us(o99) / us(b99);
-    rows.push(row("a. sequential hits p99", fmt_us(o99), fmt_us(b99), Some(r99), "(reported)", true));
+    rows.push(row(
+        "a. sequential hits p99",
+        fmt_us(o99),
+        fmt_us(b99),
+        Some(r99),
+        "(reported)",
+        true,
+    ));
 
     let (ours, base) = concurrent_hits(sizes, &baseline).await;
     let r = ours / base;
@@ -390,7 +433,14 @@ async fn run(smoke: bool) -> Result<Vec<Row>, String> {
 
     let (ours, base) = misses(sizes, &baseline).await;
     let r = us(ours) / us(base);
-    rows.push(row("c. misses, mean", fmt_us(ours), fmt_us(base), Some(r), "≤ 1.10x", r <= 1.10));
+    rows.push(row(
+        "c. misses, mean",
+        fmt_us(ours),
+        fmt_us(base),
+        Some(r),
+        "≤ 1.10x",
+        r <= 1.10,
+    ));
 
     let (ours, base) = stampede(sizes, &baseline).await;
     rows.push(row(
@@ -411,7 +461,10 @@ async fn run(smoke: bool) -> Result<Vec<Row>, String> {
     let out = child.output().map_err(|e| e.to_string())?;
     let l1_ns: u64 = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("L1_P50_NS=").and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix("L1_P50_NS=")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .ok_or("the L1 phase printed no result")?;
     let l1 = Duration::from_nanos(l1_ns);
     let speedup = us(o50) / us(l1).max(1e-3);
@@ -427,7 +480,10 @@ async fn run(smoke: bool) -> Result<Vec<Row>, String> {
     let mut conn = conn;
     let (ours, base) = clear_user(sizes, &url, &mut conn).await;
     rows.push(row(
-        &format!("f. clear_user_cache, {} keys among {} others", sizes.user_keys, sizes.other_keys),
+        &format!(
+            "f. clear_user_cache, {} keys among {} others",
+            sizes.user_keys, sizes.other_keys
+        ),
         format!("{:.2} ms", ours.as_secs_f64() * 1e3),
         format!("{:.2} ms (SCAN MATCH)", base.as_secs_f64() * 1e3),
         Some(ours.as_secs_f64() / base.as_secs_f64()),

@@ -1,0 +1,498 @@
+//! Attribute arguments: parsed as real tokens (`ttl = 3600`, `skip(a, b)`), then converted
+//! into typed values that keep the span of the token they came from. Value-level mistakes
+//! (a zero TTL, a namespace with capitals, an unknown argument) are collected in a
+//! [`Ctxt`]; mistakes that need the function signature are in `validate.rs`.
+
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, ExprUnary, Ident, Lit, Token, UnOp};
+
+use crate::ctxt::{closest, Ctxt};
+use crate::duration;
+
+/// Which attribute is being expanded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    CacheResult,
+    UserSpecific,
+}
+
+impl Kind {
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            Kind::CacheResult => "#[cache_result]",
+            Kind::UserSpecific => "#[cache_user_specific]",
+        }
+    }
+
+    pub(crate) fn default_namespace(self) -> &'static str {
+        match self {
+            Kind::CacheResult => "general",
+            Kind::UserSpecific => "users",
+        }
+    }
+
+    fn accepted(self) -> &'static [&'static str] {
+        match self {
+            Kind::CacheResult => &COMMON,
+            Kind::UserSpecific => &USER_SPECIFIC,
+        }
+    }
+}
+
+const COMMON: [&str; 7] = [
+    "ttl",
+    "namespace",
+    "version",
+    "skip",
+    "include",
+    "cache_none",
+    "companions",
+];
+const USER_SPECIFIC: [&str; 9] = [
+    "ttl",
+    "namespace",
+    "version",
+    "skip",
+    "include",
+    "cache_none",
+    "companions",
+    "data_type",
+    "user",
+];
+
+/// One `name = value`, `name(a, b)` or bare `name`, as written.
+struct RawArg {
+    name: Ident,
+    value: RawValue,
+}
+
+enum RawValue {
+    Expr(Expr),
+    List(Punctuated<Ident, Token![,]>),
+    Bare,
+}
+
+impl Parse for RawArg {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let name = input.call(Ident::parse_any)?;
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            RawValue::Expr(input.parse()?)
+        } else if input.peek(syn::token::Paren) {
+            let content;
+            syn::parenthesized!(content in input);
+            RawValue::List(content.parse_terminated(Ident::parse_any, Token![,])?)
+        } else {
+            RawValue::Bare
+        };
+        Ok(RawArg { name, value })
+    }
+}
+
+/// A value with the span of the token it was written as.
+#[derive(Clone, Debug)]
+pub(crate) struct WithSpan<T> {
+    pub(crate) value: T,
+    pub(crate) span: Span,
+}
+
+/// The typed arguments of one attribute. Absent arguments are `None` (defaults are applied
+/// by the caller, which knows the function).
+pub(crate) struct Args {
+    pub(crate) kind: Kind,
+    pub(crate) ttl_secs: Option<WithSpan<u64>>,
+    pub(crate) namespace: Option<WithSpan<String>>,
+    pub(crate) data_type: Option<WithSpan<String>>,
+    pub(crate) version: Option<WithSpan<u32>>,
+    /// Parameter names (and possibly `self`) left out of the key.
+    pub(crate) skip: Vec<Ident>,
+    /// Only `self` is accepted: every other parameter is part of the key unless skipped.
+    pub(crate) include: Vec<Ident>,
+    pub(crate) user: Option<Ident>,
+    pub(crate) cache_none: Option<WithSpan<bool>>,
+    pub(crate) companions: Option<WithSpan<bool>>,
+}
+
+impl Args {
+    fn empty(kind: Kind) -> Self {
+        Args {
+            kind,
+            ttl_secs: None,
+            namespace: None,
+            data_type: None,
+            version: None,
+            skip: Vec::new(),
+            include: Vec::new(),
+            user: None,
+            cache_none: None,
+            companions: None,
+        }
+    }
+}
+
+/// Parses and converts the attribute's arguments. Never fails: errors go to `cx`, and the
+/// arguments that were understood are returned so the signature can still be checked.
+pub(crate) fn parse(kind: Kind, tokens: TokenStream, cx: &mut Ctxt) -> Args {
+    let mut args = Args::empty(kind);
+    let raw = match Punctuated::<RawArg, Token![,]>::parse_terminated.parse2(tokens) {
+        Ok(raw) => raw,
+        Err(e) => {
+            cx.push(e);
+            return args;
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for arg in raw {
+        let name = arg.name.to_string();
+        if !kind.accepted().contains(&name.as_str()) {
+            unknown(kind, &arg.name, cx);
+            continue;
+        }
+        if seen.contains(&name) {
+            cx.error_spanned(
+                &arg.name,
+                format!("duplicate argument `{name}`: give it once"),
+            );
+            continue;
+        }
+        seen.push(name.clone());
+        convert(&mut args, &name, arg, cx);
+    }
+    args
+}
+
+fn unknown(kind: Kind, name: &Ident, cx: &mut Ctxt) {
+    let text = name.to_string();
+    if kind == Kind::CacheResult && USER_SPECIFIC.contains(&text.as_str()) {
+        cx.error_spanned(
+            name,
+            format!("`{text}` is only accepted by #[cache_user_specific]; use that attribute for per-user entries"),
+        );
+        return;
+    }
+    let accepted = kind.accepted();
+    let list = accepted
+        .iter()
+        .map(|a| format!("`{a}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let message = match closest(&text, accepted.iter().copied()) {
+        Some(hint) => format!(
+            "unknown argument `{text}` of {}: did you mean `{hint}`?",
+            kind.attribute()
+        ),
+        None => format!(
+            "unknown argument `{text}` of {}; expected one of {list}",
+            kind.attribute()
+        ),
+    };
+    cx.error_spanned(name, message);
+}
+
+fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
+    let RawArg { name: ident, value } = arg;
+    match name {
+        "ttl" => {
+            args.ttl_secs =
+                expr(&ident, value, "`ttl = 3600` or `ttl = \"1h\"`", cx).and_then(|e| ttl(&e, cx))
+        }
+        "namespace" => {
+            args.namespace = expr(&ident, value, "`namespace = \"analytics\"`", cx)
+                .and_then(|e| segment(&e, "namespace", cx));
+        }
+        "data_type" => {
+            args.data_type = expr(&ident, value, "`data_type = \"reports\"`", cx)
+                .and_then(|e| segment(&e, "data_type", cx));
+        }
+        "version" => {
+            args.version = expr(&ident, value, "`version = 2`", cx).and_then(|e| version(&e, cx))
+        }
+        "cache_none" => args.cache_none = flag(&ident, value, cx),
+        "companions" => args.companions = flag(&ident, value, cx),
+        "user" => {
+            args.user = expr(&ident, value, "`user = user_id` (a parameter name)", cx).and_then(
+                |e| match e {
+                    Expr::Path(p) if p.qself.is_none() && p.attrs.is_empty() => {
+                        match p.path.get_ident() {
+                            Some(id) => Some(id.clone()),
+                            None => {
+                                cx.error_spanned(
+                                    &p,
+                                    "expected the name of one parameter, e.g. `user = user_id`",
+                                );
+                                None
+                            }
+                        }
+                    }
+                    other => {
+                        cx.error_spanned(
+                            &other,
+                            "expected the name of one parameter, e.g. `user = user_id`",
+                        );
+                        None
+                    }
+                },
+            );
+        }
+        "skip" | "include" => {
+            let RawValue::List(list) = value else {
+                cx.error_spanned(
+                    &ident,
+                    format!("expected `{name}(...)` with parameter names, e.g. `{name}(self)`"),
+                );
+                return;
+            };
+            if list.is_empty() {
+                cx.error_spanned(&ident, format!("`{name}()` names no parameter"));
+            }
+            let names: Vec<Ident> = list.into_iter().collect();
+            for (i, n) in names.iter().enumerate() {
+                if names[..i].contains(n) {
+                    cx.error_spanned(n, format!("`{n}` is listed twice"));
+                }
+            }
+            if name == "skip" {
+                args.skip = names;
+            } else {
+                for n in &names {
+                    if n != "self" {
+                        cx.error_spanned(
+                            n,
+                            format!("`include` only takes `self`: every parameter is part of the key unless listed in `skip(...)`, so `{n}` needs no `include`"),
+                        );
+                    }
+                }
+                args.include = names;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expr(name: &Ident, value: RawValue, example: &str, cx: &mut Ctxt) -> Option<Expr> {
+    match value {
+        RawValue::Expr(e) => Some(e),
+        RawValue::List(_) | RawValue::Bare => {
+            cx.error_spanned(name, format!("`{name}` needs a value: {example}"));
+            None
+        }
+    }
+}
+
+fn flag(name: &Ident, value: RawValue, cx: &mut Ctxt) -> Option<WithSpan<bool>> {
+    match value {
+        RawValue::Bare => Some(WithSpan {
+            value: true,
+            span: name.span(),
+        }),
+        RawValue::Expr(Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        })) => Some(WithSpan {
+            value: b.value,
+            span: b.span(),
+        }),
+        RawValue::Expr(other) => {
+            cx.error_spanned(
+                &other,
+                format!("expected `{name} = true` or `{name} = false`"),
+            );
+            None
+        }
+        RawValue::List(_) => {
+            cx.error_spanned(
+                name,
+                format!("expected `{name} = true` or `{name} = false`"),
+            );
+            None
+        }
+    }
+}
+
+fn ttl(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<u64>> {
+    match e {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => {
+            match int.base10_parse::<u64>() {
+                Ok(0) => {
+                    cx.error_spanned(int, "`ttl = 0` would expire entries at once; give at least 1 second, or omit `ttl` to use the namespace's TTL");
+                    None
+                }
+                Ok(secs) => Some(WithSpan {
+                    value: secs,
+                    span: int.span(),
+                }),
+                Err(_) => {
+                    cx.error_spanned(int, "`ttl` must be a whole number of seconds that fits in a u64, e.g. `ttl = 3600`");
+                    None
+                }
+            }
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text),
+            ..
+        }) => match duration::parse_secs(&text.value()) {
+            Ok(secs) => Some(WithSpan {
+                value: secs,
+                span: text.span(),
+            }),
+            Err(message) => {
+                cx.error_spanned(text, message);
+                None
+            }
+        },
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_), ..
+        }) => {
+            cx.error_spanned(e, "`ttl` must be positive: a number of seconds (`ttl = 3600`) or a duration (`ttl = \"1h\"`)");
+            None
+        }
+        other => {
+            cx.error_spanned(other, "expected a number of seconds (`ttl = 3600`) or a duration string (`ttl = \"30m\"`, `\"1h30m\"`, `\"90s\"`, `\"1d\"`)");
+            None
+        }
+    }
+}
+
+fn version(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<u32>> {
+    if let Expr::Lit(ExprLit {
+        lit: Lit::Int(int), ..
+    }) = e
+    {
+        if let Ok(v) = int.base10_parse::<u32>() {
+            return Some(WithSpan {
+                value: v,
+                span: int.span(),
+            });
+        }
+    }
+    cx.error_spanned(
+        e,
+        "`version` must be a whole number between 0 and 4294967295, e.g. `version = 2`",
+    );
+    None
+}
+
+/// A key segment written by the user: `[a-z0-9_-]{1,64}`, so it never needs escaping.
+fn segment(e: &Expr, what: &str, cx: &mut Ctxt) -> Option<WithSpan<String>> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(text),
+        ..
+    }) = e
+    else {
+        cx.error_spanned(
+            e,
+            format!("expected a string literal, e.g. `{what} = \"analytics\"`"),
+        );
+        return None;
+    };
+    let value = text.value();
+    if let Err(problem) = check_segment(&value) {
+        cx.error_spanned(text, format!("invalid {what} {value:?}: {problem}"));
+        return None;
+    }
+    Some(WithSpan {
+        value,
+        span: text.span(),
+    })
+}
+
+pub(crate) fn check_segment(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("it is empty; use 1 to 64 characters from a-z, 0-9, '_' and '-'".into());
+    }
+    if value.len() > 64 {
+        return Err(format!("it has {} characters; use at most 64", value.len()));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        let hint = if bad.is_ascii_uppercase() {
+            " (use lower case)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{} is not allowed{hint}; use only a-z, 0-9, '_' and '-'",
+            duration::describe(bad)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn errors(kind: Kind, tokens: TokenStream) -> Vec<String> {
+        let mut cx = Ctxt::default();
+        let _ = parse(kind, tokens, &mut cx);
+        match cx.finish() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn accepts_all_options() {
+        let mut cx = Ctxt::default();
+        let args = parse(
+            Kind::UserSpecific,
+            quote!(
+                ttl = "1h30m",
+                namespace = "ai",
+                data_type = "reports",
+                version = 3,
+                skip(self, db),
+                user = uid,
+                cache_none = true,
+                companions = false
+            ),
+            &mut cx,
+        );
+        assert!(cx.finish().is_ok());
+        assert_eq!(args.ttl_secs.map(|t| t.value), Some(5400));
+        assert_eq!(args.namespace.map(|t| t.value).as_deref(), Some("ai"));
+        assert_eq!(args.data_type.map(|t| t.value).as_deref(), Some("reports"));
+        assert_eq!(args.version.map(|t| t.value), Some(3));
+        assert_eq!(args.skip.len(), 2);
+        assert_eq!(args.user.map(|u| u.to_string()).as_deref(), Some("uid"));
+        assert_eq!(args.cache_none.map(|b| b.value), Some(true));
+        assert_eq!(args.companions.map(|b| b.value), Some(false));
+    }
+
+    #[test]
+    fn reports_every_error() {
+        let all = errors(
+            Kind::CacheResult,
+            quote!(
+                ttl = 0,
+                namespce = "x",
+                namespace = "A",
+                version = -1,
+                data_type = "r",
+                ttl = 5
+            ),
+        );
+        assert_eq!(all.len(), 6, "{all:#?}");
+        assert!(all[1].contains("did you mean `namespace`?"), "{}", all[1]);
+        assert!(all[4].contains("only accepted by #[cache_user_specific]"));
+        assert!(all[5].contains("duplicate argument `ttl`"));
+    }
+
+    #[test]
+    fn segments() {
+        assert!(check_segment("analytics").is_ok());
+        assert!(check_segment("a-b_c9").is_ok());
+        assert!(check_segment("").is_err());
+        assert!(check_segment("Users").is_err());
+        assert!(check_segment("a:b").is_err());
+        assert!(check_segment(&"a".repeat(65)).is_err());
+        assert!(check_segment(&"a".repeat(64)).is_ok());
+    }
+}

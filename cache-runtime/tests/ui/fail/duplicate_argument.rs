@@ -1,0 +1,8 @@
+use cache_runtime::cache_result;
+
+#[cache_result(ttl = 60, namespace = "analytics", ttl = 120)]
+async fn compute(x: u32) -> u32 {
+    x
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use cache_runtime::cache_result;
+
+#[cache_result(namespace = "")]
+async fn compute(x: u32) -> u32 {
+    x
+}
+
+fn main() {}
