@@ -135,13 +135,13 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
     let fingerprint = &plan.fingerprint;
     let ttl = proc_macro2::Literal::u64_unsuffixed(plan.ttl_secs);
     quote! {
-        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-            namespace: #namespace,
-            function: ::core::concat!(::core::module_path!(), "::", #function),
-            version: #version,
-            fingerprint: #fingerprint,
-            ttl_secs: #ttl,
-        };
+        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+            #namespace,
+            ::core::concat!(::core::module_path!(), "::", #function),
+            #version,
+            #fingerprint,
+            #ttl,
+        );
     }
 }
 

@@ -4,14 +4,15 @@
 
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
-use crate::key::{escape_segment, ArgsHash, ArgsHasher};
-use crate::store::Cache;
+use crate::key::{escape_segment, site_key, ArgsHash, ArgsHasher};
+use crate::store::{Cache, Counters};
 
 pub use serde;
 
@@ -27,6 +28,74 @@ pub struct Site {
     pub fingerprint: &'static str,
     /// 0: the namespace's TTL strategy.
     pub ttl_secs: u64,
+    /// Computed on first use.
+    derived: OnceLock<Derived>,
+    bound: OnceLock<Bound>,
+}
+
+impl Site {
+    /// What expansions call (a constructor, so fields can be added without changing what
+    /// the attributes generate).
+    pub const fn new(
+        namespace: &'static str,
+        function: &'static str,
+        version: u32,
+        fingerprint: &'static str,
+        ttl_secs: u64,
+    ) -> Self {
+        Self {
+            namespace,
+            function,
+            version,
+            fingerprint,
+            ttl_secs,
+            derived: OnceLock::new(),
+            bound: OnceLock::new(),
+        }
+    }
+
+    /// The BLAKE3 key of this function's identity, computed once.
+    fn site_key(&self) -> &[u8; 32] {
+        &self
+            .derived
+            .get_or_init(|| Derived {
+                key: site_key(self.function, self.version, self.fingerprint),
+            })
+            .key
+    }
+
+    /// What depends on the global cache (key parts, counters, TTL), computed once: a site
+    /// only ever talks to the global cache.
+    fn bound(&self, cache: &Cache) -> &Bound {
+        self.bound.get_or_init(|| {
+            let (head, tail) = cache
+                .keys()
+                .call_parts(self.namespace, self.function, self.version);
+            Bound {
+                head,
+                tail,
+                counters: cache.counters_for(self.namespace),
+                ttl: if self.ttl_secs == 0 {
+                    cache.ttl_for(self.namespace)
+                } else {
+                    Duration::from_secs(self.ttl_secs)
+                },
+            }
+        })
+    }
+}
+
+/// Per-function state that does not depend on the cache.
+pub struct Derived {
+    key: [u8; 32],
+}
+
+/// Per-function state tied to the global cache.
+pub struct Bound {
+    head: String,
+    tail: String,
+    counters: Arc<Counters>,
+    ttl: Duration,
 }
 
 /// The identity of one call: optional user segment and the argument hash.
@@ -43,7 +112,7 @@ pub struct KeyBuilder {
 impl KeyBuilder {
     pub fn new(site: &'static Site) -> Self {
         Self {
-            hasher: ArgsHasher::new(site.function, site.version, site.fingerprint),
+            hasher: ArgsHasher::with_site_key(site.site_key()),
             user: None,
         }
     }
@@ -73,23 +142,21 @@ impl KeyBuilder {
 }
 
 impl CallKey {
+    /// `{prefix}:{namespace}[:user:{id}]:{function}:v{version}:{hash}`.
     fn render(&self, cache: &Cache, site: &Site) -> Option<String> {
         let hash = self.hash.as_ref()?;
-        Some(cache.keys().call(
-            site.namespace,
-            self.user.as_deref(),
-            site.function,
-            site.version,
-            hash,
-        ))
-    }
-}
-
-fn ttl(cache: &Cache, site: &Site) -> Duration {
-    if site.ttl_secs == 0 {
-        cache.ttl_for(site.namespace)
-    } else {
-        Duration::from_secs(site.ttl_secs)
+        let bound = site.bound(cache);
+        let user = self.user.as_deref().unwrap_or_default();
+        let mut key =
+            String::with_capacity(bound.head.len() + bound.tail.len() + user.len() + 38);
+        key.push_str(&bound.head);
+        if self.user.is_some() {
+            key.push_str(":user:");
+            key.push_str(user);
+        }
+        key.push_str(&bound.tail);
+        hash.write_hex(&mut key);
+        Some(key)
     }
 }
 
@@ -191,7 +258,8 @@ where
         tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
         return body.await;
     };
-    match cache.get_raw::<S::Stored>(site.namespace, &full).await {
+    let bound = site.bound(cache);
+    match cache.get_counted::<S::Stored>(&bound.counters, &full).await {
         Ok(Some(v)) => return rebuild(v),
         Ok(None) => {}
         // The breaker already said so once; don't log every bypassed call.
@@ -220,7 +288,7 @@ where
         leader.publish(FlightState::NotCached);
         return result;
     };
-    let Ok(bytes) = cache.encode(site.namespace, &full, value) else {
+    let Ok(bytes) = cache.encode_counted(&bound.counters, &full, value) else {
         leader.publish(FlightState::NotCached);
         return result;
     };
@@ -231,9 +299,9 @@ where
         .user
         .as_deref()
         .map(|user| cache.keys().user_index_escaped(user));
-    let ttl = ttl(cache, site);
+    let ttl = bound.ttl;
     if let Err(e) = cache
-        .set_bytes(site.namespace, &full, &bytes, Some(ttl), index.as_deref())
+        .set_counted(&bound.counters, &full, &bytes, Some(ttl), index.as_deref())
         .await
     {
         if matches!(e, CacheError::Unavailable) {

@@ -103,8 +103,8 @@ impl L1 {
         if !self.is_healthy() {
             return None;
         }
-        let entry = self.entries.get(key)?;
-        (entry.expires_at > Instant::now()).then_some(entry.bytes)
+        // moka expires entries by `expires_at` itself (UntilExpiry).
+        self.entries.get(key).map(|entry| entry.bytes)
     }
 
     pub(crate) fn ticket(&self, key: &str) -> Ticket {

@@ -283,8 +283,19 @@ impl Cache {
         namespace: &str,
         key: &str,
     ) -> Result<Option<T>, CacheError> {
-        let counters = self.counters_for(namespace);
-        let start = Instant::now();
+        self.get_counted(&self.counters_for(namespace), key).await
+    }
+
+    /// [`get_raw`](Self::get_raw) with the namespace's counters already at hand.
+    pub(crate) async fn get_counted<T: DeserializeOwned>(
+        &self,
+        counters: &Counters,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
+        // Timing only when someone listens: a clock read is a noticeable share of an L1 hit.
+        let start = tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG)
+            .then(Instant::now);
+        let latency_us = || start.map(|s| s.elapsed().as_micros() as u64);
         if let Some(l1) = self.l1() {
             if let Some(bytes) = l1.get(key) {
                 if let Ok(v) = self.codec().decode::<T>(&bytes) {
@@ -309,13 +320,13 @@ impl Cache {
         };
         let Some(bytes) = bytes else {
             counters.misses.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(target: "cache_runtime::store", key, latency_us = start.elapsed().as_micros() as u64, "miss");
+            tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss");
             return Ok(None);
         };
         match self.codec().decode::<T>(&bytes) {
             Ok(v) => {
                 counters.hits.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), latency_us = start.elapsed().as_micros() as u64, "hit");
+                tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), latency_us = latency_us(), "hit");
                 Ok(Some(v))
             }
             Err(e) => {
@@ -445,12 +456,19 @@ impl Cache {
         key: &str,
         value: &T,
     ) -> Result<Vec<u8>, CacheError> {
+        self.encode_counted(&self.counters_for(namespace), key, value)
+    }
+
+    pub(crate) fn encode_counted<T: Serialize + ?Sized>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, CacheError> {
         self.codec()
             .encode(value, self.inner.config.max_value_bytes)
             .inspect_err(|e| {
-                self.counters_for(namespace)
-                    .errors
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
             })
     }
@@ -463,7 +481,18 @@ impl Cache {
         ttl: Option<Duration>,
         index: Option<&str>,
     ) -> Result<(), CacheError> {
-        let counters = self.counters_for(namespace);
+        self.set_counted(&self.counters_for(namespace), key, bytes, ttl, index)
+            .await
+    }
+
+    pub(crate) async fn set_counted(
+        &self,
+        counters: &Counters,
+        key: &str,
+        bytes: &[u8],
+        ttl: Option<Duration>,
+        index: Option<&str>,
+    ) -> Result<(), CacheError> {
         let start = Instant::now();
         self.forget_local(key);
         match self.inner.backend.set(key, bytes, ttl, index).await {

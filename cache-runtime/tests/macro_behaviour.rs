@@ -208,13 +208,13 @@ mod bump {
     /// signature, `version = 1`. (The equality of keys below proves the simulation is
     /// faithful: with version 2 this site renders exactly the macro's key.)
     pub(super) fn site(version: u32) -> &'static cache_runtime::__private::Site {
-        Box::leak(Box::new(cache_runtime::__private::Site {
-            namespace: "versions",
-            function: concat!(module_path!(), "::lookup"),
+        Box::leak(Box::new(cache_runtime::__private::Site::new(
+            "versions",
+            concat!(module_path!(), "::lookup"),
             version,
-            fingerprint: "cache_result;value;(x:u32)->u32",
-            ttl_secs: 0,
-        }))
+            "cache_result;value;(x:u32)->u32",
+            0,
+        )))
     }
 }
 
@@ -524,7 +524,7 @@ mod golden {
 /// Pinned: a change here changes every stored key of decorated functions (the key layout,
 /// the signature fingerprint, or the argument hash). Bump deliberately, never by accident.
 const GOLDEN_METRICS_KEY: &str =
-    "tradistry:analytics:macro_behaviour::golden::metrics:v1:2c9e50c3dd2e243d5956b00095d73786";
+    "tradistry:analytics:macro_behaviour::golden::metrics:v1:e69d5b41cfaa78f6694c5b6918d7a779";
 
 #[tokio::test]
 async fn golden_key_vector() {

@@ -14,13 +14,13 @@ impl Repo for Pg {
         Self: 'async_trait,
     {
         Box::pin(async move {
-            static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-                namespace: "general",
-                function: ::core::concat!(::core::module_path!(), "::", "load"),
-                version: 1,
-                fingerprint: "cache_result;ok;(self,id:u32)->Result<Row,DbError>",
-                ttl_secs: 0,
-            };
+            static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+                "general",
+                ::core::concat!(::core::module_path!(), "::", "load"),
+                1,
+                "cache_result;ok;(self,id:u32)->Result<Row,DbError>",
+                0,
+            );
             #[allow(unused_mut, clippy::used_underscore_binding)]
             let __cache_key = {
                 let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(

@@ -5,13 +5,13 @@ async fn describe<'a, T, const N: usize>(
 where
     T: serde::Serialize + Send + Sync,
 {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "describe"),
-        version: 1,
-        fingerprint: "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
-        ttl_secs: 5400,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "describe"),
+        1,
+        "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
+        5400,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -69,13 +69,13 @@ fn describe_cache_key<'a, T, const N: usize>(
 where
     T: serde::Serialize + Send + Sync,
 {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "describe"),
-        version: 1,
-        fingerprint: "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
-        ttl_secs: 5400,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "describe"),
+        1,
+        "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
+        5400,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -112,13 +112,13 @@ async fn describe_invalidate<'a, T, const N: usize>(
 where
     T: serde::Serialize + Send + Sync,
 {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "describe"),
-        version: 1,
-        fingerprint: "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
-        ttl_secs: 5400,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "describe"),
+        1,
+        "cache_result;ok;(items:&'a[T],label:String)->std::io::Result<String>",
+        5400,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);

@@ -1,12 +1,12 @@
 impl Feed {
     async fn quote(&self, symbol: &str) -> Option<Quote> {
-        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-            namespace: "trading",
-            function: ::core::concat!(::core::module_path!(), "::", "quote"),
-            version: 1,
-            fingerprint: "cache_result;some;(symbol:&str)->Option<Quote>",
-            ttl_secs: 0,
-        };
+        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+            "trading",
+            ::core::concat!(::core::module_path!(), "::", "quote"),
+            1,
+            "cache_result;some;(symbol:&str)->Option<Quote>",
+            0,
+        );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
             let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
@@ -60,13 +60,13 @@ impl Feed {
         &self,
         symbol: &str,
     ) -> ::core::option::Option<::std::string::String> {
-        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-            namespace: "trading",
-            function: ::core::concat!(::core::module_path!(), "::", "quote"),
-            version: 1,
-            fingerprint: "cache_result;some;(symbol:&str)->Option<Quote>",
-            ttl_secs: 0,
-        };
+        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+            "trading",
+            ::core::concat!(::core::module_path!(), "::", "quote"),
+            1,
+            "cache_result;some;(symbol:&str)->Option<Quote>",
+            0,
+        );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
             let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
@@ -100,13 +100,13 @@ impl Feed {
         &self,
         symbol: &str,
     ) -> ::core::result::Result<bool, ::cache_runtime::CacheError> {
-        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-            namespace: "trading",
-            function: ::core::concat!(::core::module_path!(), "::", "quote"),
-            version: 1,
-            fingerprint: "cache_result;some;(symbol:&str)->Option<Quote>",
-            ttl_secs: 0,
-        };
+        static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+            "trading",
+            ::core::concat!(::core::module_path!(), "::", "quote"),
+            1,
+            "cache_result;some;(symbol:&str)->Option<Quote>",
+            0,
+        );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
             let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(

@@ -1,11 +1,11 @@
 async fn find(id: u64) -> Option<User> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "find"),
-        version: 2,
-        fingerprint: "cache_result;value;(id:u64)->Option<User>",
-        ttl_secs: 0,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "find"),
+        2,
+        "cache_result;value;(id:u64)->Option<User>",
+        0,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -53,13 +53,13 @@ async fn find(id: u64) -> Option<User> {
 )]
 #[must_use]
 fn find_cache_key(id: &u64) -> ::core::option::Option<::std::string::String> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "find"),
-        version: 2,
-        fingerprint: "cache_result;value;(id:u64)->Option<User>",
-        ttl_secs: 0,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "find"),
+        2,
+        "cache_result;value;(id:u64)->Option<User>",
+        0,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -89,13 +89,13 @@ fn find_cache_key(id: &u64) -> ::core::option::Option<::std::string::String> {
 async fn find_invalidate(
     id: &u64,
 ) -> ::core::result::Result<bool, ::cache_runtime::CacheError> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "general",
-        function: ::core::concat!(::core::module_path!(), "::", "find"),
-        version: 2,
-        fingerprint: "cache_result;value;(id:u64)->Option<User>",
-        ttl_secs: 0,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "general",
+        ::core::concat!(::core::module_path!(), "::", "find"),
+        2,
+        "cache_result;value;(id:u64)->Option<User>",
+        0,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);

@@ -3,15 +3,13 @@ pub async fn calculate_portfolio_metrics(
     user_id: &str,
     timeframe: &str,
 ) -> Result<Metrics, DbError> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "analytics",
-        function: ::core::concat!(
-            ::core::module_path!(), "::", "calculate_portfolio_metrics"
-        ),
-        version: 1,
-        fingerprint: "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
-        ttl_secs: 3600,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "analytics",
+        ::core::concat!(::core::module_path!(), "::", "calculate_portfolio_metrics"),
+        1,
+        "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
+        3600,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -67,15 +65,13 @@ pub fn calculate_portfolio_metrics_cache_key(
     user_id: &str,
     timeframe: &str,
 ) -> ::core::option::Option<::std::string::String> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "analytics",
-        function: ::core::concat!(
-            ::core::module_path!(), "::", "calculate_portfolio_metrics"
-        ),
-        version: 1,
-        fingerprint: "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
-        ttl_secs: 3600,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "analytics",
+        ::core::concat!(::core::module_path!(), "::", "calculate_portfolio_metrics"),
+        1,
+        "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
+        3600,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -107,15 +103,13 @@ pub async fn calculate_portfolio_metrics_invalidate(
     user_id: &str,
     timeframe: &str,
 ) -> ::core::result::Result<bool, ::cache_runtime::CacheError> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "analytics",
-        function: ::core::concat!(
-            ::core::module_path!(), "::", "calculate_portfolio_metrics"
-        ),
-        version: 1,
-        fingerprint: "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
-        ttl_secs: 3600,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "analytics",
+        ::core::concat!(::core::module_path!(), "::", "calculate_portfolio_metrics"),
+        1,
+        "cache_result;ok;(user_id:&str,timeframe:&str)->Result<Metrics,DbError>",
+        3600,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);

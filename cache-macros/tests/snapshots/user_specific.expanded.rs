@@ -3,13 +3,13 @@ pub(crate) async fn generate_user_report(
     user_id: &str,
     report_type: String,
 ) -> Report {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "users",
-        function: ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
-        version: 1,
-        fingerprint: "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
-        ttl_secs: 1800,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "users",
+        ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
+        1,
+        "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
+        1800,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -61,13 +61,13 @@ pub(crate) fn generate_user_report_cache_key(
     user_id: &str,
     report_type: &String,
 ) -> ::core::option::Option<::std::string::String> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "users",
-        function: ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
-        version: 1,
-        fingerprint: "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
-        ttl_secs: 1800,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "users",
+        ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
+        1,
+        "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
+        1800,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
@@ -99,13 +99,13 @@ pub(crate) async fn generate_user_report_invalidate(
     user_id: &str,
     report_type: &String,
 ) -> ::core::result::Result<bool, ::cache_runtime::CacheError> {
-    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site {
-        namespace: "users",
-        function: ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
-        version: 1,
-        fingerprint: "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
-        ttl_secs: 1800,
-    };
+    static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
+        "users",
+        ::core::concat!(::core::module_path!(), "::", "generate_user_report"),
+        1,
+        "cache_user_specific;value;user=&str;data_type=reports;(report_type:String)->Report",
+        1800,
+    );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
         let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
