@@ -28,3 +28,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-features
+echo "== benchmark smoke pass (the full run: see BENCHMARKS.md)"
+cargo run --quiet -p cache-examples --bin cache-bench -- --smoke
