@@ -26,7 +26,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-echo "== cargo test"
-cargo test --workspace --all-features
 echo "== benchmark smoke pass (the full run: see BENCHMARKS.md)"
 cargo run --quiet -p cache-examples --bin cache-bench -- --smoke
+echo "== cargo test"
+cargo test --workspace --all-features
