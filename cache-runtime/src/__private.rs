@@ -147,8 +147,7 @@ impl CallKey {
         let hash = self.hash.as_ref()?;
         let bound = site.bound(cache);
         let user = self.user.as_deref().unwrap_or_default();
-        let mut key =
-            String::with_capacity(bound.head.len() + bound.tail.len() + user.len() + 38);
+        let mut key = String::with_capacity(bound.head.len() + bound.tail.len() + user.len() + 38);
         key.push_str(&bound.head);
         if self.user.is_some() {
             key.push_str(":user:");

@@ -183,6 +183,10 @@ async fn ping(io: &mut Io<'_>, cache: &Cache, config: &CacheConfig, json: bool) 
         BackendConfig::Redis(r) => (r.to_string(), r.tls.is_some()),
         BackendConfig::Memory(_) => ("embedded in-process store".to_owned(), false),
     };
+    // The connect's own error says why (refused, TLS, auth); a ping could only time out.
+    if let Err(e) = cache.connect().await {
+        return fail(io, json, &e);
+    }
     let mut samples = Vec::new();
     for _ in 0..5 {
         match cache.ping().await {
@@ -291,6 +295,9 @@ pub async fn run(
         }
         Command::Stats => {
             // Without a connection there are no figures to show: say why, like ping.
+            if let Err(e) = cache.connect().await {
+                return fail(io, args.json, &e);
+            }
             if let Err(e) = cache.ping().await {
                 return fail(io, args.json, &e);
             }

@@ -149,7 +149,12 @@ impl KeyBuilder {
 
     /// The constant parts of a call key, split around the user segment, so a hot call
     /// only appends the user and the hash: `({prefix}:{ns}, :{function}:v{version}:)`.
-    pub(crate) fn call_parts(&self, namespace: &str, function: &str, version: u32) -> (String, String) {
+    pub(crate) fn call_parts(
+        &self,
+        namespace: &str,
+        function: &str,
+        version: u32,
+    ) -> (String, String) {
         (
             format!("{}:{}", self.prefix, namespace),
             format!(":{function}:v{version}:"),

@@ -215,6 +215,15 @@ impl Cache {
         Ok(n)
     }
 
+    /// Connects now instead of on first use, waiting up to `REDIS_SOCKET_CONNECT_TIMEOUT`;
+    /// the error says why a connection is impossible (refused, TLS, authentication).
+    ///
+    /// Optional: caches connect lazily, and an application can start while Redis is down.
+    /// Call it at start-up to fail fast on a wrong configuration.
+    pub async fn connect(&self) -> Result<(), CacheError> {
+        self.inner.backend.connect().await
+    }
+
     /// A round trip to the store.
     pub async fn ping(&self) -> Result<Duration, CacheError> {
         self.inner.backend.ping().await

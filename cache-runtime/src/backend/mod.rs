@@ -157,6 +157,13 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn connect(&self) -> Result<(), CacheError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(r) => r.connect().await,
+        }
+    }
+
     pub(crate) async fn ping(&self) -> Result<Duration, CacheError> {
         match self {
             Self::Memory(_) => Ok(Duration::ZERO),

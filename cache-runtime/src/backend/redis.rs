@@ -286,6 +286,15 @@ impl RedisBackend {
         }
     }
 
+    /// Waits for a connection (bounded by the connect timeout, not the socket timeout), so
+    /// that a failure reports why it failed: refused, TLS, authentication.
+    pub(crate) async fn connect(self: &Arc<Self>) -> Result<(), CacheError> {
+        if self.pick().is_some() {
+            return Ok(());
+        }
+        self.first_lane().await.map(|_| ())
+    }
+
     /// The least-loaded lane that is not stalled (any lane if all are), and whether the
     /// pool should grow.
     fn pick(&self) -> Option<(Arc<Lane>, bool)> {
