@@ -52,7 +52,10 @@ async fn stats_on_a_large_database_is_bounded_and_says_approximate() {
     let start = Instant::now();
     let stats = cache.stats().await;
     let took = start.elapsed();
-    println!("stats over 400000 keys: {took:?}, scanned {}", stats.keys.scanned);
+    println!(
+        "stats over 400000 keys: {took:?}, scanned {}",
+        stats.keys.scanned
+    );
     assert_eq!(stats.keys.total, Some(400_000));
     assert!(stats.keys.approximate, "a partial scan must say so");
     assert!(stats.keys.scanned < 400_000);
