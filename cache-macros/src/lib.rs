@@ -17,7 +17,7 @@ mod validate;
 
 /// Caches the result of an `async fn` in Redis (or the embedded store), keyed by its arguments.
 ///
-/// ```ignore
+/// ```text
 /// use cache_runtime::cache_result;
 ///
 /// #[cache_result(ttl = 3600, namespace = "analytics")]
@@ -74,7 +74,7 @@ mod validate;
 /// Next to a function without `self` (or a method with `companions = true`), the attribute
 /// generates, with the function's visibility and generics:
 ///
-/// ```ignore
+/// ```text
 /// fn {name}_cache_key(<key params>) -> Option<String>;                        // the full key
 /// async fn {name}_invalidate(<key params>) -> Result<bool, cache_runtime::CacheError>; // delete it
 /// ```
@@ -83,7 +83,7 @@ mod validate;
 /// the function takes them by value, and `&self` for methods. To refresh an entry,
 /// invalidate it and call the function.
 ///
-/// ```ignore
+/// ```text
 /// #[cache_result(namespace = "trading", ttl = "15m")]
 /// pub async fn quote(symbol: &str, venue: String) -> Result<f64, ApiError> { /* ... */ }
 ///
@@ -108,7 +108,7 @@ pub fn cache_result(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Caches the result of an `async fn` per user: the key carries a `user:{id}` segment.
 ///
-/// ```ignore
+/// ```text
 /// use cache_runtime::cache_user_specific;
 ///
 /// #[cache_user_specific(ttl = 1800, data_type = "reports")]

@@ -1,13 +1,34 @@
 //! Redis-backed caching for async Rust functions.
 //!
-//! ```ignore
+//! ```
 //! use cache_runtime::{cache_result, cache_user_specific};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Metrics { total_return: f64 }
+//! #[derive(Debug)]
+//! struct DbError;
+//! #[derive(Serialize, Deserialize)]
+//! struct Report { lines: Vec<String> }
 //!
 //! #[cache_result(ttl = 3600, namespace = "analytics")]
-//! async fn calculate_portfolio_metrics(user_id: &str, timeframe: &str) -> Result<Metrics, DbError> { … }
+//! async fn calculate_portfolio_metrics(user_id: &str, timeframe: &str) -> Result<Metrics, DbError> {
+//!     Ok(Metrics { total_return: 0.12 }) // only Ok values are cached
+//! }
 //!
-//! #[cache_user_specific(ttl = 1800, data_type = "reports")]
-//! async fn generate_user_report(user_id: &str, report_type: &str) -> Report { … }
+//! #[cache_user_specific(ttl = "30m", data_type = "reports")]
+//! async fn generate_user_report(user_id: &str, report_type: &str) -> Report {
+//!     Report { lines: vec![format!("{report_type} for {user_id}")] }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // No REDIS_URL: the embedded store. The second call is a hit.
+//! let first = calculate_portfolio_metrics("user_123", "30d").await.unwrap();
+//! let again = calculate_portfolio_metrics("user_123", "30d").await.unwrap();
+//! assert_eq!(first.total_return, again.total_return);
+//! let report = generate_user_report("user_123", "monthly").await;
+//! assert_eq!(report.lines, ["monthly for user_123"]);
+//! # });
 //! ```
 //!
 //! With `REDIS_URL` (or `REDIS_HOST`) set, values live in Redis (TLS with `rediss://`);
