@@ -76,6 +76,12 @@ fn micros(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
 /// Result of [`RedisBackend::count_namespaces`].
 #[derive(Default)]
 pub(crate) struct NamespaceCount {
@@ -378,35 +384,36 @@ impl RedisBackend {
         result
     }
 
-    /// Runs one command (or pipeline) on the least-loaded lane.
-    async fn query<T: redis::FromRedisValue>(
+    /// Runs one command or pipeline on the least-loaded lane, under the breaker and timeout.
+    async fn send<T: redis::FromRedisValue>(
         self: &Arc<Self>,
-        cmd: &redis::Cmd,
+        request: Request<'_>,
     ) -> Result<T, CacheError> {
         self.guarded(async {
             let lane = self.lane().await?;
             let _in_flight = InFlight::start(&lane, self.epoch);
             let mut conn = lane.conn.clone();
-            cmd.query_async(&mut conn)
-                .await
-                .map_err(|e| map_error(&e, &self.config))
+            match request {
+                Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
+            }
+            .map_err(|e| map_error(&e, &self.config))
         })
         .await
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
+        self.send(Request::Cmd(cmd)).await
     }
 
     async fn query_pipe<T: redis::FromRedisValue>(
         self: &Arc<Self>,
         pipe: &redis::Pipeline,
     ) -> Result<T, CacheError> {
-        self.guarded(async {
-            let lane = self.lane().await?;
-            let _in_flight = InFlight::start(&lane, self.epoch);
-            let mut conn = lane.conn.clone();
-            pipe.query_async(&mut conn)
-                .await
-                .map_err(|e| map_error(&e, &self.config))
-        })
-        .await
+        self.send(Request::Pipe(pipe)).await
     }
 
     pub(crate) async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
