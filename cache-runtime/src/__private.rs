@@ -258,14 +258,19 @@ where
         return body.await;
     };
     let bound = site.bound(cache);
+    // After a connection fault on the read, the store would most likely wait out another
+    // timeout: skip it, so a call costs at most one socket timeout plus its body.
+    let mut store = true;
     match cache.get_counted::<S::Stored>(&bound.counters, &full).await {
         Ok(Some(v)) => return rebuild(v),
         Ok(None) => {}
         // The breaker already said so once; don't log every bypassed call.
         Err(CacheError::Unavailable) => {
+            store = false;
             tracing::debug!(target: "cache_runtime::store", key = %full, "skip: cache bypassed");
         }
         Err(e) => {
+            store = !e.is_connection_fault();
             tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
         }
     }
@@ -293,6 +298,10 @@ where
     };
     if leader.has_followers() {
         leader.publish(FlightState::Done(bytes.as_slice().into()));
+    }
+    if !store {
+        tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: the read just failed");
+        return result;
     }
     let index = key
         .user

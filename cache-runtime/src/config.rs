@@ -556,7 +556,7 @@ fn valid_prefix(prefix: &str) -> bool {
 ///     .unwrap();
 /// assert!(!format!("{config:?}").contains("s@cret"));
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct CacheConfigBuilder {
     url: Option<String>,
     host: Option<String>,
@@ -582,6 +582,35 @@ pub struct CacheConfigBuilder {
     l1_max_entries: Option<u64>,
     l1_max_bytes: Option<u64>,
     l1_max_ttl: Option<Duration>,
+}
+
+impl fmt::Debug for CacheConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // By hand: the URL may carry the password.
+        f.debug_struct("CacheConfigBuilder")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("db", &self.db)
+            .field("ssl", &self.ssl)
+            .field("cert_reqs", &self.cert_reqs)
+            .field("ca_certs", &self.ca_certs)
+            .field("certfile", &self.certfile)
+            .field("keyfile", &self.keyfile)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("socket_timeout", &self.socket_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ttl_default", &self.ttl_default)
+            .field("key_prefix", &self.key_prefix)
+            .field("codec", &self.codec)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("memory_max_entries", &self.memory_max_entries)
+            .field("memory_max_bytes", &self.memory_max_bytes)
+            .field("l1", &self.l1)
+            .finish_non_exhaustive()
+    }
 }
 
 macro_rules! setter {

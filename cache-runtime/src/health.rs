@@ -226,7 +226,14 @@ impl Cache {
             connected: ping.is_ok(),
             backend: self.backend_kind(),
             latency_ms: ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
-            error: ping.err().map(|e| e.to_string()),
+            error: ping.err().map(|e| match (&e, self.backend()) {
+                // The breaker hides the cause; report the fault that opened it.
+                (crate::CacheError::Unavailable, Backend::Redis(r)) => match r.last_fault() {
+                    Some(last) => format!("{e}; last error: {last}"),
+                    None => e.to_string(),
+                },
+                _ => e.to_string(),
+            }),
             circuit_open: self.backend().circuit_open(),
             info,
             timestamp: timestamp(),

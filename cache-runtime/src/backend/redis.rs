@@ -114,6 +114,8 @@ pub(crate) struct RedisBackend {
     /// Where stores, deletes and clears are announced when an L1 is enabled.
     invalidation_channel: Option<String>,
     epoch: Instant,
+    /// The last connection fault, for health reports while the breaker hides it.
+    last_fault: std::sync::Mutex<Option<String>>,
 }
 
 impl RedisBackend {
@@ -147,6 +149,7 @@ impl RedisBackend {
             breaker: Breaker::default(),
             invalidation_channel,
             epoch: Instant::now(),
+            last_fault: std::sync::Mutex::new(None),
         })
     }
 
@@ -339,6 +342,14 @@ impl RedisBackend {
         }
     }
 
+    /// The last connection fault seen (message only; never credentials).
+    pub(crate) fn last_fault(&self) -> Option<String> {
+        self.last_fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether the circuit breaker currently bypasses Redis.
     pub(crate) fn circuit_open(&self) -> bool {
         self.breaker.is_open()
@@ -376,6 +387,10 @@ impl RedisBackend {
             match &result {
                 Err(e) if e.is_connection_fault() && !matches!(e, CacheError::Unavailable) => {
                     self.breaker.failure(&permit);
+                    *self
+                        .last_fault
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
                 }
                 Err(CacheError::Unavailable) => self.breaker.abandon(&permit),
                 _ => self.breaker.success(&permit),
