@@ -1,5 +1,6 @@
-//! The expansion is clean under strict lints (clippy's run over this file when clippy
-//! checks the tests; rustc's lints are checked by trybuild).
+//! The expansion is clean under strict lints. trybuild compiles and runs this file, and it
+//! is also the test target `expansion_lints` (Cargo.toml), so `cargo clippy --all-targets`
+//! checks the generated code against clippy's pedantic lints too.
 #![deny(warnings, unused_qualifications, missing_docs, unused_results)]
 #![deny(clippy::all, clippy::pedantic)]
 //! Fixture crate.
@@ -52,20 +53,25 @@ impl Svc {
 }
 
 async fn run() {
-    let _ = metrics("a", "b").await;
-    let _ = report(1, 2).await;
-    let _ = generic(&1u8, 2).await;
-    let _ = Svc.method(1).await;
-    let _ = metrics_cache_key("a", "b");
-    let _ = metrics_invalidate("a", "b").await;
-    let _ = report_cache_key(&1, &2);
-    let _ = report_invalidate(&1, &2).await;
-    let _ = generic_cache_key(&1u8, &2);
-    let _ = generic_invalidate(&1u8, &2).await;
-    let _ = Svc.method_cache_key(&1);
-    let _ = Svc.method_invalidate(&1).await;
+    assert_eq!(metrics("ab", "cd").await.map(|m| m.total).ok(), Some(1));
+    assert_eq!(report(1, 2).await.as_deref(), Some("1:2"));
+    assert_eq!(generic(&1u8, 2).await, 2);
+    assert_eq!(Svc.method(1).await, [1]);
+    assert!(metrics_cache_key("ab", "cd").is_some());
+    assert_eq!(metrics_invalidate("ab", "cd").await.ok(), Some(true));
+    assert!(report_cache_key(&1, &2).is_some_and(|k| k.contains(":user:1:")));
+    assert_eq!(report_invalidate(&1, &2).await.ok(), Some(true));
+    assert!(generic_cache_key(&1u8, &2).is_some());
+    assert_eq!(generic_invalidate(&1u8, &2).await.ok(), Some(true));
+    assert!(Svc.method_cache_key(&1).is_some());
+    assert_eq!(Svc.method_invalidate(&1).await.ok(), Some(true));
 }
 
 fn main() {
-    drop(run());
+    // The embedded store (the environment is not read: explicit configuration).
+    let _ = cache_runtime::init(cache_runtime::CacheConfig::default());
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => panic!("no runtime: {e}"),
+    }
 }
