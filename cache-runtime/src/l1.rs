@@ -7,12 +7,34 @@
 //! - A read that raced with an invalidation does not fill (striped sequence numbers).
 //! - While the subscription is down, L1 serves and fills nothing; when it comes back, L1
 //!   starts empty (messages may have been missed meanwhile).
+//!
+//! The store is purpose-built so that a hit costs one keyed hash, one uncontended read
+//! lock, one map probe, one clock read and an `Arc` clone (no channel, no GC):
+//!
+//! - Shards (a power of two, up to 32) of `RwLock<Table>`, chosen by key hash, so reads
+//!   on several cores rarely touch the same lock. Each shard holds `max_entries / shards`
+//!   entries and `max_bytes / shards` bytes (key + value): the totals are hard bounds, and
+//!   a value larger than one shard's byte share is simply not kept in L1.
+//! - Eviction is sampled LRU, as in Redis: a read stores a coarse (millisecond) last-use
+//!   stamp with a relaxed atomic; an insert over budget samples [`SAMPLES`] entries of its
+//!   shard and evicts an expired one, else the least recently used. Entries live in a
+//!   dense `Vec` so sampling is O(1); the map only holds the index.
+//! - Hashing: a folded-multiply hash keyed with per-instance random seeds (keys carry
+//!   user ids, so collisions must not be predictable). The map is keyed by that 64-bit
+//!   hash (hashed once, not again by the map); two keys with the same hash evict each
+//!   other, which a cache may always do, so collisions can cost hits but never CPU.
+//! - Time: expiry is computed from the time taken *before* the Redis read, minus
+//!   [`LEAD_MS`] (PTTL rounding), and checked against the monotonic clock on every read,
+//!   so an entry is never served after its Redis TTL. (A coarse clock kept by a ticker
+//!   thread would save ~35 ns per hit, but a late ticker on a busy machine could serve a
+//!   value past its TTL: correctness first.)
 
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
-
-use moka::policy::Expiry;
 
 use crate::config::L1Config;
 
@@ -21,31 +43,261 @@ const STRIPES: usize = 64;
 const KEYS: u8 = b'k';
 const PREFIX: u8 = b'p';
 
-#[derive(Clone)]
-struct Entry {
-    bytes: Arc<[u8]>,
-    expires_at: Instant,
+/// Most shards (a power of two); fewer for small caches so per-shard budgets stay meaningful.
+const MAX_SHARDS: usize = 32;
+/// Entries per shard below which fewer shards are used.
+const MIN_SHARD_ENTRIES: u64 = 128;
+/// Entries looked at per eviction (Redis' `maxmemory-samples` default).
+const SAMPLES: usize = 5;
+/// Taken off every TTL: Redis' PTTL rounding and the millisecond truncation here.
+/// Entries whose TTL is shorter are not kept (they would expire almost at once anyway).
+const LEAD_MS: u64 = 2;
+
+/// Milliseconds on the monotonic clock since the L1 was made.
+struct Clock {
+    base: Instant,
 }
 
-struct UntilExpiry;
-
-impl Expiry<String, Entry> for UntilExpiry {
-    fn expire_after_create(&self, _: &String, e: &Entry, now: Instant) -> Option<Duration> {
-        Some(e.expires_at.saturating_duration_since(now))
+impl Clock {
+    fn start() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+        })
     }
-    fn expire_after_update(
-        &self,
-        _: &String,
-        e: &Entry,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(e.expires_at.saturating_duration_since(now))
+
+    /// Milliseconds since `base`, rounded down.
+    fn precise_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The same clock; the name marks reads where millisecond precision is all we need.
+    #[inline]
+    fn coarse_ms(&self) -> u64 {
+        self.precise_ms()
+    }
+}
+
+/// A folded-multiply hash (as in foldhash/ahash's fallback) with random per-instance
+/// seeds: a few ns for a typical key, and collisions cannot be chosen without the seeds.
+struct KeyedHash {
+    seeds: [u64; 3],
+}
+
+/// 64-bit product folded to 64 bits: the core mixing step.
+#[inline]
+fn fold(x: u64, y: u64) -> u64 {
+    let p = u128::from(x) * u128::from(y);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().unwrap_or_default())
+}
+
+impl KeyedHash {
+    fn new() -> Self {
+        // RandomState is seeded from the OS; hashing through it yields independent seeds.
+        let state = RandomState::new();
+        Self {
+            seeds: std::array::from_fn(|i| state.hash_one(i)),
+        }
+    }
+
+    #[inline]
+    fn hash(&self, bytes: &[u8]) -> u64 {
+        let [s0, s1, s2] = self.seeds;
+        // The length goes in so that zero padding of the tail cannot collide.
+        let mut h = s0 ^ (bytes.len() as u64);
+        let mut blocks = bytes.chunks_exact(16);
+        for b in &mut blocks {
+            h = fold(word(&b[..8]) ^ s1, word(&b[8..]) ^ h);
+        }
+        let rest = blocks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 16];
+            buf[..rest.len()].copy_from_slice(rest);
+            h = fold(word(&buf[..8]) ^ s1, word(&buf[8..]) ^ h);
+        }
+        fold(h ^ s2, 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// The map's hasher: its keys are already keyed hashes, so it passes them through.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; stay correct (if slow) for anything else.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Slot {
+    hash: u64,
+    key: Box<str>,
+    bytes: Arc<[u8]>,
+    /// Served only while the coarse clock is below this.
+    expires_ms: u64,
+    /// Coarse clock at the last read, for eviction.
+    last_used: AtomicU64,
+}
+
+impl Slot {
+    fn weight(&self) -> u64 {
+        (self.key.len() + self.bytes.len()) as u64
+    }
+}
+
+/// One shard: entries densely in `slots` (O(1) random sampling), `index` from hash to
+/// position. Invariant: `index[h] == i` exactly when `slots[i].hash == h`.
+struct Table {
+    index: HashMap<u64, usize, BuildHasherDefault<PassThrough>>,
+    slots: Vec<Slot>,
+    bytes: u64,
+    /// xorshift state for sampling (never zero).
+    rng: u64,
+}
+
+impl Table {
+    fn find(&self, hash: u64, key: &str) -> Option<&Slot> {
+        let slot = self.slots.get(*self.index.get(&hash)?)?;
+        (&*slot.key == key).then_some(slot)
+    }
+
+    fn remove_at(&mut self, i: usize) -> Option<Slot> {
+        if i >= self.slots.len() {
+            return None;
+        }
+        let slot = self.slots.swap_remove(i);
+        self.index.remove(&slot.hash);
+        if let Some(moved) = self.slots.get(i) {
+            self.index.insert(moved.hash, i);
+        }
+        self.bytes = self.bytes.saturating_sub(slot.weight());
+        Some(slot)
+    }
+
+    fn remove_key(&mut self, hash: u64, key: &str) {
+        if let Some(&i) = self.index.get(&hash) {
+            if self.slots.get(i).is_some_and(|s| &*s.key == key) {
+                self.remove_at(i);
+            }
+        }
+    }
+
+    /// Removes every entry whose key matches; returns them to be dropped after unlocking.
+    fn remove_matching(&mut self, predicate: impl Fn(&str) -> bool) -> Vec<Slot> {
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots.get(i).is_some_and(|s| predicate(&s.key)) {
+                removed.extend(self.remove_at(i));
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    fn clear(&mut self) -> Vec<Slot> {
+        self.index.clear();
+        self.bytes = 0;
+        std::mem::take(&mut self.slots)
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: plenty for picking eviction samples.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    /// An expired entry among the sampled ones, else the least recently used of them.
+    fn victim(&mut self, now: u64) -> Option<usize> {
+        let n = self.slots.len();
+        let mut best: Option<(usize, u64)> = None;
+        for k in 0..SAMPLES.min(n) {
+            // Small shards are scanned whole, larger ones sampled.
+            let i = if n <= SAMPLES {
+                k
+            } else {
+                (self.next_random() % n as u64) as usize
+            };
+            let slot = self.slots.get(i)?;
+            if slot.expires_ms <= now {
+                return Some(i);
+            }
+            let used = slot.last_used.load(Ordering::Relaxed);
+            if best.is_none_or(|(_, b)| used < b) {
+                best = Some((i, used));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Inserts (replacing the entry of the same hash), evicting down to the budget.
+    fn insert(&mut self, slot: Slot, budget: &Budget, now: u64) {
+        if let Some(&i) = self.index.get(&slot.hash) {
+            self.remove_at(i);
+        }
+        let weight = slot.weight();
+        if weight > budget.bytes || budget.entries == 0 {
+            return;
+        }
+        while self.slots.len() as u64 >= budget.entries || self.bytes + weight > budget.bytes {
+            let Some(i) = self.victim(now) else { return };
+            if self.remove_at(i).is_none() {
+                return;
+            }
+        }
+        self.index.insert(slot.hash, self.slots.len());
+        self.bytes += weight;
+        self.slots.push(slot);
+    }
+}
+
+/// Per-shard limits.
+struct Budget {
+    entries: u64,
+    bytes: u64,
+}
+
+/// Padded to its own cache lines so locking one shard does not slow its neighbours.
+#[repr(align(128))]
+struct Shard(RwLock<Table>);
+
+impl Shard {
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table inconsistent in a way that
+        // serves wrong data (keys are compared on every hit), so keep going.
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 pub(crate) struct L1 {
-    entries: moka::sync::Cache<String, Entry>,
+    /// Always [`MAX_SHARDS`] (indexing cannot fail); small caches use the first few.
+    shards: Box<[Shard; MAX_SHARDS]>,
+    /// `shards.len() - 1` (a power of two minus one).
+    shard_mask: usize,
+    budget: Budget,
+    hasher: KeyedHash,
+    clock: Arc<Clock>,
     healthy: AtomicBool,
     stripes: [AtomicU64; STRIPES],
     channel: String,
@@ -70,21 +322,35 @@ fn stripe(key: &str) -> usize {
 }
 
 /// The sequence observed before a Redis read; the fill happens only if it is unchanged.
-pub(crate) struct Ticket(u64, usize);
+/// Also the time before the read: Redis' remaining TTL counts from no earlier than that.
+pub(crate) struct Ticket {
+    seq: u64,
+    stripe: usize,
+    start_ms: u64,
+}
 
 impl L1 {
     pub(crate) fn new(config: &L1Config, key_prefix: &str) -> Self {
-        let min_weight = (config.max_bytes / config.max_entries.max(1)).max(1);
+        let wanted = (config.max_entries / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS as u64);
+        // Round down to a power of two so the shard is a mask of the hash.
+        let shards = 1u64 << (63 - wanted.leading_zeros());
+        let state = RandomState::new();
         Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(config.max_bytes)
-                .weigher(move |k: &String, e: &Entry| {
-                    u32::try_from(((k.len() + e.bytes.len()) as u64).max(min_weight))
-                        .unwrap_or(u32::MAX)
-                })
-                .expire_after(UntilExpiry)
-                .support_invalidation_closures()
-                .build(),
+            shards: Box::new(std::array::from_fn(|i| {
+                Shard(RwLock::new(Table {
+                    index: HashMap::default(),
+                    slots: Vec::new(),
+                    bytes: 0,
+                    rng: state.hash_one(i) | 1,
+                }))
+            })),
+            shard_mask: (shards - 1) as usize,
+            budget: Budget {
+                entries: config.max_entries / shards,
+                bytes: config.max_bytes / shards,
+            },
+            hasher: KeyedHash::new(),
+            clock: Clock::start(),
             healthy: AtomicBool::new(false),
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
             channel: invalidation_channel(key_prefix),
@@ -92,6 +358,12 @@ impl L1 {
             listener: AtomicBool::new(false),
             shutdown: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    #[inline]
+    fn shard(&self, hash: u64) -> &Shard {
+        // Middle bits: the map uses the low bits for buckets and the top ones for tags.
+        &self.shards[(hash >> 32) as usize & self.shard_mask & (MAX_SHARDS - 1)]
     }
 
     /// Whether L1 may serve: the invalidation channel is up.
@@ -103,13 +375,29 @@ impl L1 {
         if !self.is_healthy() {
             return None;
         }
-        // moka expires entries by `expires_at` itself (UntilExpiry).
-        self.entries.get(key).map(|entry| entry.bytes)
+        let hash = self.hasher.hash(key.as_bytes());
+        let table = self.shard(hash).read();
+        let slot = table.find(hash, key)?;
+        let now = self.clock.coarse_ms();
+        if now >= slot.expires_ms {
+            // Left for eviction to reclaim: removing needs the write lock.
+            return None;
+        }
+        // Skip the store when unchanged: keeps a hot entry's cache line shared.
+        if slot.last_used.load(Ordering::Relaxed) != now {
+            slot.last_used.store(now, Ordering::Relaxed);
+        }
+        Some(Arc::clone(&slot.bytes))
     }
 
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
         let i = stripe(key);
-        Ticket(self.stripes[i].load(Ordering::Acquire), i)
+        Ticket {
+            seq: self.stripes[i].load(Ordering::Acquire),
+            stripe: i,
+            // Precise: this is on the miss path, next to a Redis round trip.
+            start_ms: self.clock.precise_ms(),
+        }
     }
 
     /// Fills from a Redis read, unless an invalidation arrived since `ticket` or the
@@ -118,52 +406,54 @@ impl L1 {
         if !self.is_healthy() || redis_ttl.is_zero() {
             return;
         }
-        let ttl = redis_ttl.min(self.max_ttl);
-        self.entries.insert(
-            key.to_owned(),
-            Entry {
-                bytes,
-                expires_at: Instant::now() + ttl,
-            },
-        );
-        // An invalidation may have landed between the check and the insert: undo.
-        if self.stripes[ticket.1].load(Ordering::Acquire) != ticket.0 {
-            self.entries.invalidate(key);
+        let ttl_ms = u64::try_from(redis_ttl.min(self.max_ttl).as_millis()).unwrap_or(u64::MAX);
+        let Some(life_ms) = ttl_ms.checked_sub(LEAD_MS).filter(|l| *l > 0) else {
+            return;
+        };
+        let hash = self.hasher.hash(key.as_bytes());
+        let now = self.clock.coarse_ms();
+        let slot = Slot {
+            hash,
+            key: key.into(),
+            bytes,
+            expires_ms: ticket.start_ms.saturating_add(life_ms),
+            last_used: AtomicU64::new(now),
+        };
+        let mut table = self.shard(hash).write();
+        // Checked under the shard lock: an invalidation bumps the stripe *before* taking
+        // this lock to remove, so either we see the bump here, or its removal runs after
+        // our insert and drops it.
+        if self.stripes[ticket.stripe].load(Ordering::Acquire) != ticket.seq {
+            return;
         }
+        table.insert(slot, &self.budget, now);
     }
 
     pub(crate) fn invalidate_key(&self, key: &str) {
         self.stripes[stripe(key)].fetch_add(1, Ordering::AcqRel);
-        self.entries.invalidate(key);
+        let hash = self.hasher.hash(key.as_bytes());
+        self.shard(hash).write().remove_key(hash, key);
     }
 
     pub(crate) fn invalidate_prefix(&self, prefix: &str) {
-        for s in &self.stripes {
-            s.fetch_add(1, Ordering::AcqRel);
-        }
-        let prefix = prefix.to_owned();
-        if self
-            .entries
-            .invalidate_entries_if(move |k, _| k.starts_with(&prefix))
-            .is_err()
-        {
-            self.entries.invalidate_all();
-        }
+        self.invalidate_matching_ref(&|k: &str| k.starts_with(prefix));
     }
 
     pub(crate) fn invalidate_matching(
         &self,
         predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
     ) {
+        self.invalidate_matching_ref(&predicate);
+    }
+
+    fn invalidate_matching_ref(&self, predicate: &dyn Fn(&str) -> bool) {
         for s in &self.stripes {
             s.fetch_add(1, Ordering::AcqRel);
         }
-        if self
-            .entries
-            .invalidate_entries_if(move |k, _| predicate(k))
-            .is_err()
-        {
-            self.entries.invalidate_all();
+        for shard in &*self.shards {
+            let removed = shard.write().remove_matching(predicate);
+            // Values are freed outside the lock.
+            drop(removed);
         }
     }
 
@@ -171,7 +461,19 @@ impl L1 {
         for s in &self.stripes {
             s.fetch_add(1, Ordering::AcqRel);
         }
-        self.entries.invalidate_all();
+        for shard in &*self.shards {
+            let removed = shard.write().clear();
+            drop(removed);
+        }
+    }
+
+    /// Entries and bytes held (tests).
+    #[cfg(test)]
+    fn usage(&self) -> (usize, u64) {
+        self.shards.iter().fold((0, 0), |(n, b), s| {
+            let t = s.read();
+            (n + t.slots.len(), b + t.bytes)
+        })
     }
 
     /// Applies one message of the invalidation channel.
@@ -298,10 +600,19 @@ async fn listen(
 mod tests {
     use super::*;
 
-    fn healthy() -> L1 {
-        let l1 = L1::new(&L1Config::default(), "p");
+    fn healthy_with(config: &L1Config) -> L1 {
+        let l1 = L1::new(config, "p");
         l1.healthy.store(true, Ordering::Release);
         l1
+    }
+
+    fn healthy() -> L1 {
+        healthy_with(&L1Config::default())
+    }
+
+    fn put(l1: &L1, key: &str, value: &[u8], ttl: Duration) {
+        let t = l1.ticket(key);
+        l1.fill(key, Arc::from(value), ttl, &t);
     }
 
     #[test]
@@ -334,9 +645,11 @@ mod tests {
         assert!(l1.get("p:a:1").is_none());
         assert!(l1.get("p:a:2").is_some());
         l1.apply(&prefix_message("p:a:"));
-        l1.entries.run_pending_tasks();
         assert!(l1.get("p:a:2").is_none());
         assert!(l1.get("p:b:1").is_some());
+        l1.invalidate_matching(|k| k.ends_with(":1"));
+        assert!(l1.get("p:b:1").is_none());
+        assert_eq!(l1.usage(), (0, 0));
     }
 
     #[test]
@@ -346,5 +659,178 @@ mod tests {
         l1.fill("k", Arc::from(&b"v"[..]), Duration::from_millis(20), &t);
         std::thread::sleep(Duration::from_millis(40));
         assert!(l1.get("k").is_none());
+    }
+
+    #[test]
+    fn expiry_is_never_served_late() {
+        let l1 = healthy();
+        let ttl = Duration::from_millis(80);
+        for round in 0..5 {
+            let key = format!("k{round}");
+            let start = Instant::now();
+            put(&l1, &key, b"v", ttl);
+            assert!(l1.get(&key).is_some(), "filled");
+            loop {
+                let hit = l1.get(&key).is_some();
+                // Measured after the read: stricter than the read's own instant.
+                let at = start.elapsed();
+                if !hit {
+                    break;
+                }
+                assert!(at < ttl, "served {at:?} after a {ttl:?} TTL");
+                assert!(at < ttl * 2, "never expired");
+            }
+        }
+    }
+
+    #[test]
+    fn the_cap_on_ttl_applies() {
+        let config = L1Config {
+            max_ttl: Duration::from_millis(40),
+            ..L1Config::default()
+        };
+        let l1 = healthy_with(&config);
+        put(&l1, "k", b"v", Duration::from_secs(60));
+        assert!(l1.get("k").is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(l1.get("k").is_none());
+    }
+
+    #[test]
+    fn evicts_the_least_recently_used_by_entries() {
+        let config = L1Config {
+            max_entries: 4,
+            ..L1Config::default()
+        };
+        let l1 = healthy_with(&config);
+        // Distinct millisecond stamps.
+        let next_ms = || {
+            let t = l1.clock.coarse_ms();
+            while l1.clock.coarse_ms() == t {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        for k in ["a", "b", "c", "d"] {
+            put(&l1, k, b"v", Duration::from_secs(60));
+            next_ms();
+        }
+        assert!(l1.get("a").is_some(), "a is now the most recently used");
+        next_ms();
+        put(&l1, "e", b"v", Duration::from_secs(60));
+        assert_eq!(l1.usage().0, 4);
+        assert!(l1.get("b").is_none(), "b was the least recently used");
+        for k in ["a", "c", "d", "e"] {
+            assert!(l1.get(k).is_some(), "{k} kept");
+        }
+        for i in 0..100 {
+            put(&l1, &format!("x{i}"), b"v", Duration::from_secs(60));
+            assert!(l1.usage().0 <= 4);
+        }
+    }
+
+    #[test]
+    fn evicts_by_bytes() {
+        let config = L1Config {
+            max_entries: 100,
+            max_bytes: 100,
+            ..L1Config::default()
+        };
+        let l1 = healthy_with(&config);
+        // 2 bytes of key + 30 of value: three fit in 100.
+        for i in 0..10 {
+            put(&l1, &format!("k{i}"), &[0u8; 30], Duration::from_secs(60));
+            let (n, bytes) = l1.usage();
+            assert!(bytes <= 100 && n <= 3, "{n} entries, {bytes} bytes");
+        }
+        assert_eq!(l1.usage(), (3, 96));
+        assert!(l1.get("k9").is_some(), "the newest is kept");
+        // Larger than the whole budget: not kept, and the old value of the key goes too.
+        put(&l1, "k9", &[0u8; 200], Duration::from_secs(60));
+        assert!(l1.get("k9").is_none());
+        assert_eq!(l1.usage(), (2, 64));
+    }
+
+    #[test]
+    fn budgets_hold_across_shards() {
+        let config = L1Config {
+            max_entries: 10_000,
+            max_bytes: 64 * 1024,
+            ..L1Config::default()
+        };
+        let l1 = healthy_with(&config);
+        for i in 0..20_000 {
+            put(
+                &l1,
+                &format!("key:{i}"),
+                &[0u8; 10],
+                Duration::from_secs(60),
+            );
+        }
+        let (n, bytes) = l1.usage();
+        assert!(
+            n <= 10_000 && bytes <= 64 * 1024,
+            "{n} entries, {bytes} bytes"
+        );
+        assert!(n > 1_000, "budget mostly used: {n}");
+    }
+
+    #[test]
+    fn concurrent_gets_and_fills_stay_bounded() {
+        let config = L1Config {
+            max_entries: 256,
+            max_bytes: 16 * 1024,
+            ..L1Config::default()
+        };
+        let l1 = Arc::new(healthy_with(&config));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let l1 = Arc::clone(&l1);
+                std::thread::spawn(move || {
+                    let mut hits = 0u32;
+                    for i in 0..20_000u32 {
+                        let key = format!("k{}", (i * 7 + t * 13) % 1000);
+                        match i % 5 {
+                            0 => put(&l1, &key, &[t as u8; 40], Duration::from_secs(60)),
+                            1 if i % 1000 == 1 => l1.invalidate_prefix("k1"),
+                            2 if i % 97 == 2 => l1.invalidate_key(&key),
+                            _ => hits += u32::from(l1.get(&key).is_some()),
+                        }
+                    }
+                    hits
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(t.join().is_ok());
+        }
+        let (n, bytes) = l1.usage();
+        assert!(n <= 256 && bytes <= 16 * 1024, "{n} entries, {bytes} bytes");
+        // Index and slots agree.
+        for shard in l1.shards.iter() {
+            let t = shard.read();
+            assert_eq!(t.index.len(), t.slots.len());
+            for (i, s) in t.slots.iter().enumerate() {
+                assert_eq!(t.index.get(&s.hash), Some(&i));
+            }
+            assert_eq!(t.bytes, t.slots.iter().map(Slot::weight).sum::<u64>());
+        }
+    }
+
+    #[test]
+    fn the_hash_depends_on_the_seed_and_every_byte() {
+        let (a, b) = (KeyedHash::new(), KeyedHash::new());
+        assert_ne!(a.hash(b"user:1"), b.hash(b"user:1"));
+        let keys = [
+            "",
+            "a",
+            "a\0",
+            "user:1",
+            "user:2",
+            "0123456789abcdef",
+            "0123456789abcdefX",
+        ];
+        let hashes: std::collections::HashSet<u64> =
+            keys.iter().map(|k| a.hash(k.as_bytes())).collect();
+        assert_eq!(hashes.len(), keys.len());
     }
 }
