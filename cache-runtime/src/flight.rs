@@ -11,10 +11,13 @@
 //! The map is sharded so that unrelated keys do not contend on one lock.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
+
+use crate::fasthash::{KeyedHash, PassThrough};
 
 const SHARDS: usize = 16;
 
@@ -52,20 +55,27 @@ impl Shared {
 }
 
 struct Slot {
+    key: Box<str>,
     id: u64,
     shared: Arc<Shared>,
 }
 
 pub(crate) struct Flights {
-    shards: [Mutex<HashMap<String, Slot>>; SHARDS],
+    shards: [Mutex<Map>; SHARDS],
     next_id: AtomicU64,
+    hasher: KeyedHash,
 }
+
+/// Keyed by a fast keyed hash of the key (computed once per call); the slot keeps the key
+/// so that a collision is recognised (and simply not coalesced).
+type Map = HashMap<u64, Slot, BuildHasherDefault<PassThrough>>;
 
 impl Default for Flights {
     fn default() -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
             next_id: AtomicU64::new(1),
+            hasher: KeyedHash::new(),
         }
     }
 }
@@ -77,51 +87,52 @@ pub(crate) enum Role<'a> {
 
 pub(crate) struct Leader<'a> {
     flights: &'a Flights,
-    key: String,
+    hash: u64,
+    /// 0: not registered (a hash collision with another key in flight).
     id: u64,
     shared: Arc<Shared>,
 }
 
-fn shard(key: &str) -> usize {
-    // FNV-1a: cheap, and only spreads keys over shards.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % SHARDS as u64) as usize
-}
-
 impl Flights {
-    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        self.shards[shard(key)]
+    fn lock(&self, hash: u64) -> std::sync::MutexGuard<'_, Map> {
+        self.shards[(hash % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn join(&self, key: &str) -> Role<'_> {
-        let mut map = self.lock(key);
-        if let Some(slot) = map.get(key) {
-            // Counted under the shard lock, so the leader cannot miss a follower that
-            // joined before it removed the slot.
-            slot.shared.followers.fetch_add(1, Ordering::AcqRel);
-            return Role::Follower(Arc::clone(&slot.shared));
-        }
+        let hash = self.hasher.hash(key.as_bytes());
+        let mut map = self.lock(hash);
         let shared = Arc::new(Shared {
             state: Mutex::new(FlightState::Running),
             done: Notify::new(),
             followers: AtomicUsize::new(0),
         });
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        map.insert(
-            key.to_owned(),
-            Slot {
-                id,
-                shared: Arc::clone(&shared),
-            },
-        );
+        let id = match map.get(&hash) {
+            Some(slot) if &*slot.key == key => {
+                // Counted under the shard lock, so the leader cannot miss a follower that
+                // joined before it removed the slot.
+                slot.shared.followers.fetch_add(1, Ordering::AcqRel);
+                return Role::Follower(Arc::clone(&slot.shared));
+            }
+            // Another key with the same hash is in flight: lead alone, unregistered.
+            Some(_) => 0,
+            None => {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                map.insert(
+                    hash,
+                    Slot {
+                        key: Box::from(key),
+                        id,
+                        shared: Arc::clone(&shared),
+                    },
+                );
+                id
+            }
+        };
         Role::Leader(Leader {
             flights: self,
-            key: key.to_owned(),
+            hash,
             id,
             shared,
         })
@@ -129,7 +140,11 @@ impl Flights {
 
     /// Ends the key's flight for callers arriving from now on (after a local write).
     pub(crate) fn forget(&self, key: &str) {
-        self.lock(key).remove(key);
+        let hash = self.hasher.hash(key.as_bytes());
+        let mut map = self.lock(hash);
+        if map.get(&hash).is_some_and(|slot| &*slot.key == key) {
+            map.remove(&hash);
+        }
     }
 
     /// Ends the flights of every key matching `predicate` (after a local clear).
@@ -138,7 +153,7 @@ impl Flights {
             shard
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|k, _| !predicate(k));
+                .retain(|_, slot| !predicate(&slot.key));
         }
     }
 }
@@ -157,10 +172,10 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         {
-            let mut map = self.flights.lock(&self.key);
+            let mut map = self.flights.lock(self.hash);
             // A write may have replaced our slot with a newer flight: leave that one.
-            if map.get(&self.key).is_some_and(|slot| slot.id == self.id) {
-                map.remove(&self.key);
+            if map.get(&self.hash).is_some_and(|slot| slot.id == self.id) {
+                map.remove(&self.hash);
             }
         }
         // Finished without publishing (no followers then, a panic, a cancel): release

@@ -169,10 +169,13 @@ pub struct ArgsHash(pub [u8; 16]);
 impl ArgsHash {
     pub(crate) fn write_hex(&self, out: &mut String) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        for byte in self.0 {
-            out.push(HEX[usize::from(byte >> 4)] as char);
-            out.push(HEX[usize::from(byte & 0x0f)] as char);
+        let mut buf = [0u8; 32];
+        for (i, byte) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[usize::from(byte >> 4)];
+            buf[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
         }
+        // One append instead of 32 pushes; the bytes are ASCII hex digits.
+        out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
     }
 
     /// Lower-case hexadecimal form (32 characters).

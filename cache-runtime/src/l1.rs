@@ -31,12 +31,13 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config::L1Config;
+use crate::fasthash::{KeyedHash, PassThrough};
 
 const STRIPES: usize = 64;
 /// Message kinds on the invalidation channel: `k\0key[\0key…]` or `p\0prefix`.
@@ -74,71 +75,6 @@ impl Clock {
     #[inline]
     fn coarse_ms(&self) -> u64 {
         self.precise_ms()
-    }
-}
-
-/// A folded-multiply hash (as in foldhash/ahash's fallback) with random per-instance
-/// seeds: a few ns for a typical key, and collisions cannot be chosen without the seeds.
-struct KeyedHash {
-    seeds: [u64; 3],
-}
-
-/// 64-bit product folded to 64 bits: the core mixing step.
-#[inline]
-fn fold(x: u64, y: u64) -> u64 {
-    let p = u128::from(x) * u128::from(y);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-#[inline]
-fn word(bytes: &[u8]) -> u64 {
-    u64::from_le_bytes(bytes.try_into().unwrap_or_default())
-}
-
-impl KeyedHash {
-    fn new() -> Self {
-        // RandomState is seeded from the OS; hashing through it yields independent seeds.
-        let state = RandomState::new();
-        Self {
-            seeds: std::array::from_fn(|i| state.hash_one(i)),
-        }
-    }
-
-    #[inline]
-    fn hash(&self, bytes: &[u8]) -> u64 {
-        let [s0, s1, s2] = self.seeds;
-        // The length goes in so that zero padding of the tail cannot collide.
-        let mut h = s0 ^ (bytes.len() as u64);
-        let mut blocks = bytes.chunks_exact(16);
-        for b in &mut blocks {
-            h = fold(word(&b[..8]) ^ s1, word(&b[8..]) ^ h);
-        }
-        let rest = blocks.remainder();
-        if !rest.is_empty() {
-            let mut buf = [0u8; 16];
-            buf[..rest.len()].copy_from_slice(rest);
-            h = fold(word(&buf[..8]) ^ s1, word(&buf[8..]) ^ h);
-        }
-        fold(h ^ s2, 0x9e37_79b9_7f4a_7c15)
-    }
-}
-
-/// The map's hasher: its keys are already keyed hashes, so it passes them through.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used; stay correct (if slow) for anything else.
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 

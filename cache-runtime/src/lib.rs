@@ -47,6 +47,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod error;
+mod fasthash;
 mod flight;
 mod global;
 pub mod health;
