@@ -357,9 +357,13 @@ impl Cache {
 
     /// A backend read that fills the L1 (with Redis' remaining TTL) when it is enabled.
     async fn read(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        if matches!(self.inner.backend, Backend::Memory(_)) {
+        match &self.inner.backend {
             // No round trip to share.
-            return self.read_direct(key).await;
+            Backend::Memory(_) => return self.read_direct(key).await,
+            // Nothing in flight to join: skip the bookkeeping (the sequential case). Two
+            // reads racing past this check merely both go to Redis.
+            Backend::Redis(r) if r.idle() => return self.read_direct(key).await,
+            Backend::Redis(_) => {}
         }
         match self.inner.reads.join(key) {
             Role::Follower(rx) => match flight::wait(rx).await {

@@ -304,6 +304,14 @@ impl RedisBackend {
         self.first_lane().await.map(|_| ())
     }
 
+    /// Whether no request is in flight on any lane (then there is nothing to coalesce with).
+    pub(crate) fn idle(&self) -> bool {
+        self.lanes
+            .load()
+            .iter()
+            .all(|l| l.in_flight.load(Ordering::Relaxed) == 0)
+    }
+
     /// The least-loaded lane that is not stalled (any lane if all are), and whether the
     /// pool should grow.
     fn pick(&self) -> Option<(Arc<Lane>, bool)> {
