@@ -24,7 +24,9 @@ pub struct DbError;
 /// Never.
 #[cache_result(ttl = 3600, namespace = "analytics")]
 pub async fn metrics(user_id: &str, timeframe: &str) -> Result<Metrics, DbError> {
-    Ok(Metrics { total: u64::from(user_id.len() == timeframe.len()) })
+    Ok(Metrics {
+        total: u64::from(user_id.len() == timeframe.len()),
+    })
 }
 
 /// A per-user cached function.
@@ -70,7 +72,10 @@ async fn run() {
 fn main() {
     // The embedded store (the environment is not read: explicit configuration).
     let _ = cache_runtime::init(cache_runtime::CacheConfig::default());
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(run()),
         Err(e) => panic!("no runtime: {e}"),
     }
