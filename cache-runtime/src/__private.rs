@@ -172,8 +172,10 @@ pub async fn invalidate(site: &'static Site, key: CallKey) -> Result<bool, Cache
     let Some(full) = key.render(cache, site) else {
         return Ok(false);
     };
-    cache.forget_local(&full);
-    cache.backend().delete(&full).await
+    cache.forget_invalidated(&full);
+    let result = cache.backend().delete(&full).await;
+    cache.forget_invalidated(&full);
+    result
 }
 
 /// `async fn -> T`: every result is cached.
@@ -296,11 +298,15 @@ where
         leader.publish(FlightState::NotCached);
         return result;
     };
-    if leader.has_followers() {
-        leader.publish(FlightState::Done(bytes.as_slice().into()));
-    }
+    // Published whether or not anyone waits yet: callers arriving during the store
+    // below join this flight and get the value instead of running the body again.
+    leader.publish(FlightState::Done(bytes.as_slice().into()));
     if !store {
         tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: the read just failed");
+        return result;
+    }
+    if !leader.is_current() {
+        tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: invalidated while the function ran");
         return result;
     }
     let index = key

@@ -79,7 +79,7 @@ pub enum CacheError {
     #[error("the global cache is already initialised; call cache_runtime::init once, at start-up, before any cached call")]
     AlreadyInitialized,
     /// A namespace name outside `[a-z0-9_-]{{1,64}}`.
-    #[error("invalid namespace {0:?}: use 1 to 64 characters from a-z, 0-9, '_' and '-'")]
+    #[error("invalid namespace {0:?}: use 1 to 64 characters from a-z, 0-9, '_' and '-', not starting with '__' (reserved)")]
     InvalidNamespace(String),
 }
 

@@ -30,6 +30,9 @@ pub(crate) enum FlightState {
     Absent,
     /// Nothing to share: followers do their own work.
     NotCached,
+    /// The leader's read failed on a connection fault (reads only): followers give up too
+    /// instead of each waiting out another timeout.
+    Failed,
 }
 
 /// What a leader shares with its followers. Lighter than a `watch` channel, which
@@ -159,6 +162,17 @@ impl Flights {
 }
 
 impl Leader<'_> {
+    /// Whether this flight still owns its key: an invalidation (or clear) in the meantime
+    /// ended it, and then its result must not be stored (it may predate the invalidation).
+    pub(crate) fn is_current(&self) -> bool {
+        self.id == 0
+            || self
+                .flights
+                .lock(self.hash)
+                .get(&self.hash)
+                .is_some_and(|slot| slot.id == self.id)
+    }
+
     /// Whether anyone is waiting for this flight.
     pub(crate) fn has_followers(&self) -> bool {
         self.shared.followers.load(Ordering::Acquire) > 0

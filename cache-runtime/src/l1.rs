@@ -478,6 +478,25 @@ pub(crate) fn prefix_message(prefix: &str) -> Vec<u8> {
     out
 }
 
+/// How often the subscription proves it is alive (a PING through the subscribed
+/// connection); a silent connection (NAT timeout, failover) otherwise looks healthy forever.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Marks the L1 unhealthy however the listener ends: error, shutdown, or its runtime being
+/// dropped mid-await (then nobody would ever clear `healthy`).
+struct ListenerGuard(Weak<L1>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        if let Some(l1) = self.0.upgrade() {
+            l1.healthy.store(false, Ordering::Release);
+            l1.invalidate_all();
+            // Lets the next read start a new listener (e.g. on a live runtime).
+            l1.listener.store(false, Ordering::Release);
+        }
+    }
+}
+
 async fn listen(
     l1: Weak<L1>,
     client: redis::Client,
@@ -486,6 +505,7 @@ async fn listen(
     connect_timeout: Duration,
 ) {
     use futures_util::StreamExt as _;
+    let _guard = ListenerGuard(l1.clone());
     loop {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -493,20 +513,28 @@ async fn listen(
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(connect_timeout, subscribed).await {
-            Ok(Ok(mut pubsub)) => {
+            Ok(Ok(pubsub)) => {
                 let Some(l1_now) = l1.upgrade() else { return };
                 // Messages may have been missed while down: start empty.
                 l1_now.invalidate_all();
                 l1_now.healthy.store(true, Ordering::Release);
                 drop(l1_now);
                 tracing::debug!(target: "cache_runtime::connection", channel, "L1 invalidation channel up");
-                let mut messages = pubsub.on_message();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
                 loop {
                     tokio::select! {
                         message = messages.next() => {
                             let Some(message) = message else { break };
                             let Some(l1_now) = l1.upgrade() else { return };
                             l1_now.apply(message.get_payload_bytes());
+                        }
+                        _ = heartbeat.tick() => {
+                            let ping = sink.ping::<redis::Value>();
+                            if !matches!(tokio::time::timeout(connect_timeout, ping).await, Ok(Ok(_))) {
+                                break;
+                            }
                         }
                         () = shutdown.notified() => return,
                     }

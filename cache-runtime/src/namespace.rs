@@ -38,7 +38,7 @@ impl Namespace {
         Self::GENERAL,
     ];
 
-    /// A namespace from 1 to 64 characters of `[a-z0-9_-]`.
+    /// A namespace from 1 to 64 characters of `[a-z0-9_-]`, not starting with `__`.
     pub fn new(name: impl Into<Cow<'static, str>>) -> Result<Self, CacheError> {
         let name = name.into();
         if is_valid(&name) {
@@ -59,9 +59,11 @@ impl Namespace {
     }
 }
 
-/// Whether `name` is a valid namespace (`[a-z0-9_-]{1,64}`).
+/// Whether `name` is a valid namespace (`[a-z0-9_-]{1,64}`, not starting with `__`, which
+/// is reserved for the library's own keys such as user indexes).
 pub(crate) fn is_valid(name: &str) -> bool {
     !name.is_empty()
+        && !name.starts_with("__")
         && name.len() <= 64
         && name
             .bytes()

@@ -189,7 +189,10 @@ impl Cache {
     pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
         let index = self.inner.keys.user_index(user_id);
         self.forget_local_user(user_id);
-        let n = self.inner.backend.clear_index(&index, None).await?;
+        let result = self.inner.backend.clear_index(&index, None).await;
+        // Again after: reads or flights that started during the clear saw the old values.
+        self.forget_local_user(user_id);
+        let n = result?;
         tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
         Ok(n)
     }
@@ -206,11 +209,9 @@ impl Cache {
             .keys
             .user_namespace_prefix(namespace.as_str(), user_id);
         self.forget_local_prefix(&prefix);
-        let n = self
-            .inner
-            .backend
-            .clear_index(&index, Some(&prefix))
-            .await?;
+        let result = self.inner.backend.clear_index(&index, Some(&prefix)).await;
+        self.forget_local_prefix(&prefix);
+        let n = result?;
         tracing::info!(target: "cache_runtime::store", namespace = %namespace, deleted = n, "cleared a user's cache in one namespace");
         Ok(n)
     }
@@ -369,6 +370,7 @@ impl Cache {
             Role::Follower(rx) => match flight::wait(rx).await {
                 FlightState::Done(bytes) => Ok(Some(Bytes::Shared(bytes))),
                 FlightState::Absent => Ok(None),
+                FlightState::Failed => Err(CacheError::Unavailable),
                 FlightState::Running | FlightState::NotCached => self.read_direct(key).await,
             },
             Role::Leader(leader) => {
@@ -389,8 +391,13 @@ impl Cache {
                         leader.publish(FlightState::Absent);
                         Ok(None)
                     }
-                    // Followers retry on their own (the leader's drop tells them).
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        if e.is_connection_fault() {
+                            leader.publish(FlightState::Failed);
+                        }
+                        // Otherwise followers retry on their own (the leader's drop tells them).
+                        Err(e)
+                    }
                 }
             }
         }
@@ -423,8 +430,19 @@ impl Cache {
         }
     }
 
-    /// Before a clear: the same for every key under `prefix`.
+    /// Before and after a delete or an invalidation: also ends the key's decorated-call
+    /// flight, so a call arriving later runs its body instead of joining one that may have
+    /// read the data before the invalidation (and so that flight does not store).
+    pub(crate) fn forget_invalidated(&self, key: &str) {
+        self.inner.flights.forget(key);
+        self.forget_local(key);
+    }
+
+    /// Before and after a clear: the same for every key under `prefix`.
     pub(crate) fn forget_local_prefix(&self, prefix: &str) {
+        self.inner
+            .flights
+            .forget_matching(|k| k.starts_with(prefix));
         self.inner.reads.forget_matching(|k| k.starts_with(prefix));
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate_prefix(prefix);
@@ -437,9 +455,9 @@ impl Cache {
         // the user part.
         let needle = format!(":user:{}:", crate::key::escape_segment(user_id));
         let prefix = format!("{}:", self.inner.keys.prefix());
-        self.inner
-            .reads
-            .forget_matching(|k| k.starts_with(&prefix) && k.contains(&needle));
+        let matches = |k: &str| k.starts_with(&prefix) && k.contains(&needle);
+        self.inner.flights.forget_matching(matches);
+        self.inner.reads.forget_matching(matches);
         if let Some(l1) = &self.inner.l1 {
             l1.invalidate_matching(move |k| k.starts_with(&prefix) && k.contains(&needle));
         }
@@ -508,7 +526,10 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let start = Instant::now();
         self.forget_local(key);
-        match self.inner.backend.set(key, bytes, ttl, index).await {
+        let result = self.inner.backend.set(key, bytes, ttl, index).await;
+        // Again after the write: a read that started meanwhile may have fetched the old value.
+        self.forget_local(key);
+        match result {
             Ok(()) => {
                 counters.stores.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), ttl_s = ttl.map(|t| t.as_secs()), latency_us = start.elapsed().as_micros() as u64, "store");
@@ -572,8 +593,10 @@ impl NamespaceCache<'_> {
     /// Deletes; `true` when the key existed.
     pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let key = self.key(key);
-        self.cache.forget_local(&key);
-        self.cache.backend().delete(&key).await
+        self.cache.forget_invalidated(&key);
+        let result = self.cache.backend().delete(&key).await;
+        self.cache.forget_invalidated(&key);
+        result
     }
 
     /// Whether the key exists.
@@ -608,7 +631,9 @@ impl NamespaceCache<'_> {
     pub async fn clear(&self) -> Result<u64, CacheError> {
         let prefix = format!("{}:{}:", self.cache.inner.keys.prefix(), self.ns);
         self.cache.forget_local_prefix(&prefix);
-        let n = self.cache.backend().clear_prefix(&prefix).await?;
+        let result = self.cache.backend().clear_prefix(&prefix).await;
+        self.cache.forget_local_prefix(&prefix);
+        let n = result?;
         tracing::info!(target: "cache_runtime::store", namespace = %self.ns, deleted = n, "cleared namespace");
         Ok(n)
     }

@@ -599,3 +599,40 @@ async fn trait_impl_methods_are_cached() {
         "native async fn in a trait impl"
     );
 }
+
+mod invalidated_during_run {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    pub(super) static SOURCE: AtomicU32 = AtomicU32::new(1);
+
+    /// Reads its source of truth, then takes a while (as a database query would).
+    #[cache_result(namespace = "invalidation")]
+    pub(super) async fn slow_read(x: u32) -> u32 {
+        let v = SOURCE.load(SeqCst);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        v * 1000 + x
+    }
+}
+
+/// An invalidation while a call is running ends that call's flight: a later call runs its
+/// body (sees the new data) instead of joining it, and the old call does not store its
+/// now stale result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_during_a_running_call_is_not_undone_by_it() {
+    use invalidated_during_run::{slow_read, slow_read_invalidate, SOURCE};
+    setup();
+    let old = tokio::spawn(slow_read(7));
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    SOURCE.store(2, SeqCst);
+    assert_eq!(slow_read_invalidate(&7).await.ok(), Some(false));
+    // Does not join the old flight: runs the body and reads the new data.
+    assert_eq!(slow_read(7).await, 2007);
+    assert_eq!(
+        old.await.ok(),
+        Some(1007),
+        "the old caller still gets its own result"
+    );
+    // The old flight did not overwrite the fresh entry with its stale value.
+    assert_eq!(slow_read(7).await, 2007);
+}

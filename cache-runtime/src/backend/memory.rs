@@ -122,7 +122,8 @@ impl MemoryBackend {
             key.to_owned(),
             Entry {
                 value: Arc::from(value),
-                expires_at: ttl.map(|t| Instant::now() + t),
+                // A TTL beyond the clock's range (e.g. Duration::MAX) means "no expiry".
+                expires_at: ttl.and_then(|t| Instant::now().checked_add(t)),
                 index,
             },
         );

@@ -28,8 +28,11 @@ use crate::error::CacheError;
 const BATCH: usize = 500;
 
 /// A lane with requests in flight and no completion for this long is stalled (e.g. a
-/// large value is streaming through it): new requests avoid it.
+/// large value is streaming through it): new requests avoid it. The bound grows with the
+/// observed round trip (`STALL_RTTS` times its moving average), so a distant server
+/// (Redis Cloud, several ms away) is not mistaken for a stalled one.
 const STALL_AFTER: Duration = Duration::from_millis(2);
+const STALL_RTTS: u64 = 8;
 /// A lane this busy gets a sibling even when it makes progress.
 const GROW_AT_IN_FLIGHT: usize = 128;
 
@@ -41,34 +44,46 @@ struct Lane {
 }
 
 impl Lane {
-    fn stalled(&self, now_us: u64) -> bool {
+    fn stalled(&self, now_us: u64, stall_us: u64) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
-            && now_us.saturating_sub(self.progress_us.load(Ordering::Relaxed))
-                > STALL_AFTER.as_micros() as u64
+            && now_us.saturating_sub(self.progress_us.load(Ordering::Relaxed)) > stall_us
     }
 }
 
-/// Counts a request on a lane however it ends (also on cancel), recording progress.
+/// Counts a request on a lane however it ends (also on cancel), recording progress and
+/// the round trip.
 struct InFlight<'a> {
     lane: &'a Lane,
     epoch: Instant,
+    started_us: u64,
+    rtt_us: &'a AtomicU64,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(lane: &'a Lane, epoch: Instant) -> Self {
+    fn start(lane: &'a Lane, epoch: Instant, rtt_us: &'a AtomicU64) -> Self {
+        let now = micros(epoch);
         if lane.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
-            lane.progress_us.store(micros(epoch), Ordering::Relaxed);
+            lane.progress_us.store(now, Ordering::Relaxed);
         }
-        Self { lane, epoch }
+        Self {
+            lane,
+            epoch,
+            started_us: now,
+            rtt_us,
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.lane
-            .progress_us
-            .store(micros(self.epoch), Ordering::Relaxed);
+        let now = micros(self.epoch);
+        self.lane.progress_us.store(now, Ordering::Relaxed);
         self.lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Moving average (1/8 weight); a lost race between threads only loses a sample.
+        let sample = now.saturating_sub(self.started_us);
+        let avg = self.rtt_us.load(Ordering::Relaxed);
+        let next = avg - avg / 8 + sample / 8;
+        self.rtt_us.store(next, Ordering::Relaxed);
     }
 }
 
@@ -116,6 +131,8 @@ pub(crate) struct RedisBackend {
     epoch: Instant,
     /// The last connection fault, for health reports while the breaker hides it.
     last_fault: std::sync::Mutex<Option<String>>,
+    /// Moving average of request durations, in microseconds.
+    rtt_us: AtomicU64,
 }
 
 impl RedisBackend {
@@ -150,6 +167,7 @@ impl RedisBackend {
             invalidation_channel,
             epoch: Instant::now(),
             last_fault: std::sync::Mutex::new(None),
+            rtt_us: AtomicU64::new(0),
         })
     }
 
@@ -267,6 +285,9 @@ impl RedisBackend {
         tokio::pin!(notified);
         // Registered before checking, so a connect finishing in between still wakes us.
         notified.as_mut().enable();
+        if let Some((lane, _)) = self.pick() {
+            return Ok(lane);
+        }
         let Some(task) = self.spawn_open() else {
             if let Some((lane, _)) = self.pick() {
                 return Ok(lane);
@@ -323,10 +344,16 @@ impl RedisBackend {
             }
         }
         let now = micros(self.epoch);
-        let best = lanes
-            .iter()
-            .min_by_key(|l| (l.stalled(now), l.in_flight.load(Ordering::Relaxed)))?;
-        let grow = best.stalled(now) || best.in_flight.load(Ordering::Relaxed) >= GROW_AT_IN_FLIGHT;
+        let stall_us =
+            (STALL_RTTS * self.rtt_us.load(Ordering::Relaxed)).max(STALL_AFTER.as_micros() as u64);
+        let best = lanes.iter().min_by_key(|l| {
+            (
+                l.stalled(now, stall_us),
+                l.in_flight.load(Ordering::Relaxed),
+            )
+        })?;
+        let grow = best.stalled(now, stall_us)
+            || best.in_flight.load(Ordering::Relaxed) >= GROW_AT_IN_FLIGHT;
         Some((Arc::clone(best), grow))
     }
 
@@ -414,7 +441,7 @@ impl RedisBackend {
     ) -> Result<T, CacheError> {
         self.guarded(async {
             let lane = self.lane().await?;
-            let _in_flight = InFlight::start(&lane, self.epoch);
+            let _in_flight = InFlight::start(&lane, self.epoch, &self.rtt_us);
             let mut conn = lane.conn.clone();
             match request {
                 Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
@@ -595,11 +622,12 @@ impl RedisBackend {
         let mut count = NamespaceCount::default();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            // Bytes, not String: one non-UTF-8 key elsewhere must not spoil the count.
+            let (next, keys): (u64, Vec<Vec<u8>>) = self
                 .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
                 .await?;
             count.scanned += keys.len() as u64;
-            for key in &keys {
+            for key in keys.iter().filter_map(|k| std::str::from_utf8(k).ok()) {
                 if let Some((ns, _)) = key.strip_prefix(prefix).and_then(|r| r.split_once(':')) {
                     if crate::namespace::is_valid(ns) {
                         *count.by_namespace.entry(ns.to_owned()).or_insert(0) += 1;
@@ -655,6 +683,18 @@ fn read_file(var: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Cache
     })
 }
 
+/// Keepalive and a TCP user timeout, so a silently dead connection (NAT timeout, failover)
+/// errors out and is replaced instead of hanging until the kernel gives up.
+fn tcp_settings(config: &RedisConfig) -> redis::io::tcp::TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5));
+    redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive)
+        .set_user_timeout(config.socket_timeout.max(Duration::from_secs(10)) * 3)
+}
+
 pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
     let mut redis_info = redis::RedisConnectionInfo::default().set_db(config.db);
     if let Some(user) = &config.username {
@@ -667,7 +707,8 @@ pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
         let info = ConnectionAddr::Tcp(config.host.clone(), config.port)
             .into_connection_info()
             .map_err(|e| map_error(&e, config))?
-            .set_redis_settings(redis_info);
+            .set_redis_settings(redis_info)
+            .set_tcp_settings(tcp_settings(config));
         return Client::open(info).map_err(|e| map_error(&e, config));
     };
     let addr = ConnectionAddr::TcpTls {
@@ -679,7 +720,8 @@ pub(crate) fn build_client(config: &RedisConfig) -> Result<Client, CacheError> {
     let info = addr
         .into_connection_info()
         .map_err(|e| map_error(&e, config))?
-        .set_redis_settings(redis_info);
+        .set_redis_settings(redis_info)
+        .set_tcp_settings(tcp_settings(config));
     let client_tls = match (&tls.certfile, &tls.keyfile) {
         (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
             client_cert: read_file("REDIS_SSL_CERTFILE", cert)?,
