@@ -97,7 +97,15 @@ impl MemoryBackend {
         // moka expires lazily on its own clock; check ours too so a TTL holds to the instant.
         match entry.expires_at {
             Some(at) if at <= Instant::now() => {
-                self.cache.invalidate(key);
+                // Remove only if it is still expired: a concurrent set may have replaced it.
+                let _ = self.cache.entry_by_ref(key).and_compute_with(|current| {
+                    match current.map(moka::Entry::into_value) {
+                        Some(e) if e.expires_at.is_some_and(|at| at <= Instant::now()) => {
+                            Op::Remove
+                        }
+                        _ => Op::Nop,
+                    }
+                });
                 None
             }
             _ => Some(entry),

@@ -547,33 +547,43 @@ impl RedisBackend {
     /// SCAN + UNLINK in batches (never KEYS, never FLUSHDB); returns how many were deleted.
     pub(crate) async fn clear_prefix(self: &Arc<Self>, prefix: &str) -> Result<u64, CacheError> {
         let pattern = format!("{prefix}*");
-        let mut cursor: u64 = 0;
         let mut deleted = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(BATCH),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
-                deleted += n;
-            }
-            if next == 0 {
-                if self.invalidation_channel.is_some() {
-                    let mut pipe = redis::pipe();
-                    self.announce(&mut pipe, || crate::l1::prefix_message(prefix));
-                    self.query_pipe::<()>(&pipe).await?;
+        let scanned = async {
+            let mut cursor: u64 = 0;
+            loop {
+                // Bytes: a non-UTF-8 key under our prefix must not stop the clear.
+                let (next, keys): (u64, Vec<Vec<u8>>) = self
+                    .query(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(BATCH),
+                    )
+                    .await?;
+                if !keys.is_empty() {
+                    let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                    deleted += n;
                 }
-                return Ok(deleted);
+                if next == 0 {
+                    return Ok::<_, CacheError>(());
+                }
+                cursor = next;
             }
-            cursor = next;
         }
+        .await;
+        // Announced even when the clear stopped half-way: what was deleted is gone.
+        if self.invalidation_channel.is_some() {
+            let mut pipe = redis::pipe();
+            self.announce(&mut pipe, || crate::l1::prefix_message(prefix));
+            let announced = self.query_pipe::<()>(&pipe).await;
+            scanned?;
+            announced?;
+        } else {
+            scanned?;
+        }
+        Ok(deleted)
     }
 
     /// Deletes the keys listed in a user index (only those starting with `member_prefix`
