@@ -825,7 +825,7 @@ pub(crate) fn map_error(e: &RedisError, config: &RedisConfig) -> CacheError {
     if e.is_timeout() {
         return CacheError::Timeout(config.socket_timeout);
     }
-    if config.tls.is_some() && looks_like_tls(&format!("{text} {e:?}")) {
+    if config.tls.is_some() && looks_like_tls(&text) {
         return CacheError::Tls {
             endpoint: config.endpoint(),
             detail: text,
