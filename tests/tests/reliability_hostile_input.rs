@@ -194,6 +194,17 @@ fn snapshot(server: &RedisServer) -> Snapshot {
                     .expect("SMEMBERS"),
                 true,
             )),
+            // User indexes: members only (scores are expiry times, which move).
+            "zset" => Some(join(
+                "zset:",
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut con)
+                    .expect("ZRANGE"),
+                true,
+            )),
             "hash" => Some(join(
                 "hash:",
                 redis::cmd("HGETALL")
@@ -251,11 +262,14 @@ fn diff(before: &Snapshot, after: &Snapshot) -> Diff {
     d
 }
 
+/// Members of a user index (a sorted set scored by expiry).
 fn set_members(server: &RedisServer, key: &str) -> BTreeSet<String> {
-    redis::cmd("SMEMBERS")
+    redis::cmd("ZRANGE")
         .arg(key)
+        .arg(0)
+        .arg(-1)
         .query(&mut raw_client(server))
-        .expect("SMEMBERS")
+        .expect("ZRANGE")
 }
 
 fn raw_set(server: &RedisServer, key: &str, value: &[u8]) {

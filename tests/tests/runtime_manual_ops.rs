@@ -783,7 +783,7 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
         );
         let stored = &ks["tradistry:users:user:123:profile"];
         assert_eq!(CodecKind::Bincode.decode::<String>(stored).unwrap(), "John");
-        assert_eq!(ks[index], b"set".to_vec());
+        assert_eq!(ks[index], b"zset".to_vec());
     }
     service
         .cache_ai_response("123", "abc123", &"an answer", None)
@@ -826,7 +826,12 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
             );
         }
         // The index lists the user's keys and lives as long as the longest of them.
-        let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(index).query(&mut raw).unwrap();
+        let mut members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(index)
+            .arg(0)
+            .arg(-1)
+            .query(&mut raw)
+            .unwrap();
         members.sort();
         assert_eq!(
             members,

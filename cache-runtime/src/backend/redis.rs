@@ -24,7 +24,7 @@ use super::KeyTtl;
 use crate::config::{CertReqs, RedisConfig};
 use crate::error::CacheError;
 
-/// Keys per SCAN / SSCAN page and per UNLINK batch.
+/// Keys per SCAN / ZSCAN page and per UNLINK batch.
 const BATCH: usize = 500;
 
 /// A lane with requests in flight and no completion for this long is stalled (e.g. a
@@ -494,7 +494,18 @@ impl RedisBackend {
         }
         set.ignore();
         if let Some(index) = index {
-            pipe.cmd("SADD").arg(index).arg(key).ignore();
+            // A sorted set scored by expiry (ms since the epoch), so members whose keys have
+            // expired are pruned on the next write instead of piling up with the user's
+            // history. Pruning lags by PRUNE_GRACE so that clock skew between application
+            // servers can never drop a member whose key is still alive.
+            let now = unix_ms();
+            let score = ttl.map_or(f64::INFINITY, |t| (now + duration_ms(t)) as f64);
+            pipe.cmd("ZADD").arg(index).arg(score).arg(key).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(index)
+                .arg("-inf")
+                .arg(format!("({}", now.saturating_sub(PRUNE_GRACE_MS)))
+                .ignore();
             if let Some(ttl) = ttl {
                 // The index lives as long as its longest-lived key (NX: first set, GT: longer).
                 let ms = duration_ms(ttl);
@@ -596,17 +607,19 @@ impl RedisBackend {
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
-            let mut scan = redis::cmd("SSCAN");
+            let mut scan = redis::cmd("ZSCAN");
             scan.arg(index).arg(cursor);
             if let Some(p) = member_prefix {
                 scan.arg("MATCH").arg(format!("{p}*"));
             }
             scan.arg("COUNT").arg(BATCH);
-            let (next, keys): (u64, Vec<String>) = self.query(&scan).await?;
+            // ZSCAN replies member, score, member, score, ...
+            let (next, pairs): (u64, Vec<String>) = self.query(&scan).await?;
+            let keys: Vec<String> = pairs.into_iter().step_by(2).collect();
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 pipe.cmd("UNLINK").arg(&keys);
-                pipe.cmd("SREM").arg(index).arg(&keys).ignore();
+                pipe.cmd("ZREM").arg(index).arg(&keys).ignore();
                 self.announce(&mut pipe, || {
                     crate::l1::keys_message(keys.iter().map(String::as_str))
                 });
@@ -671,6 +684,16 @@ impl RedisBackend {
     pub(crate) async fn raw(self: &Arc<Self>, cmd: &redis::Cmd) -> Result<Value, CacheError> {
         self.query(cmd).await
     }
+}
+
+/// Index members are pruned this long after their expiry (tolerates clock skew between
+/// application servers writing the same user's index).
+const PRUNE_GRACE_MS: u64 = 60_000;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn duration_ms(d: Duration) -> u64 {
