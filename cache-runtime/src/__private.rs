@@ -11,7 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
-use crate::key::{escape_segment, site_key, ArgsHash, ArgsHasher};
+use crate::key::{escape_segment, join_call, site_key, ArgsHash, ArgsHasher};
 use crate::store::{Cache, Counters};
 
 pub use serde;
@@ -146,16 +146,12 @@ impl CallKey {
     fn render(&self, cache: &Cache, site: &Site) -> Option<String> {
         let hash = self.hash.as_ref()?;
         let bound = site.bound(cache);
-        let user = self.user.as_deref().unwrap_or_default();
-        let mut key = String::with_capacity(bound.head.len() + bound.tail.len() + user.len() + 38);
-        key.push_str(&bound.head);
-        if self.user.is_some() {
-            key.push_str(":user:");
-            key.push_str(user);
-        }
-        key.push_str(&bound.tail);
-        hash.write_hex(&mut key);
-        Some(key)
+        Some(join_call(
+            &bound.head,
+            self.user.as_deref(),
+            &bound.tail,
+            hash,
+        ))
     }
 }
 

@@ -6,7 +6,6 @@
 //! (`*?[]\`), and the encoding is injective (`%` itself is encoded). Plain ids stay readable.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -129,22 +128,8 @@ impl KeyBuilder {
         version: u32,
         hash: &ArgsHash,
     ) -> String {
-        let mut key = String::with_capacity(
-            self.prefix.len() + namespace.len() + function.len() + 64 + user.map_or(0, str::len),
-        );
-        key.push_str(&self.prefix);
-        key.push(':');
-        key.push_str(namespace);
-        if let Some(user) = user {
-            key.push_str(":user:");
-            key.push_str(user);
-        }
-        key.push(':');
-        key.push_str(function);
-        // Writing into a String cannot fail.
-        let _ = write!(key, ":v{version}:");
-        hash.write_hex(&mut key);
-        key
+        let (head, tail) = self.call_parts(namespace, function, version);
+        join_call(&head, user, &tail, hash)
     }
 
     /// The constant parts of a call key, split around the user segment, so a hot call
@@ -160,6 +145,21 @@ impl KeyBuilder {
             format!(":{function}:v{version}:"),
         )
     }
+}
+
+/// Assembles a call key from [`KeyBuilder::call_parts`]: the one place that knows where the
+/// user segment and the hash go (decorated calls keep the parts precomputed per function).
+pub(crate) fn join_call(head: &str, user: Option<&str>, tail: &str, hash: &ArgsHash) -> String {
+    let user_len = user.map_or(0, |u| u.len() + 6);
+    let mut key = String::with_capacity(head.len() + user_len + tail.len() + 32);
+    key.push_str(head);
+    if let Some(user) = user {
+        key.push_str(":user:");
+        key.push_str(user);
+    }
+    key.push_str(tail);
+    hash.write_hex(&mut key);
+    key
 }
 
 /// A 128-bit BLAKE3 digest of a call's arguments and signature.
@@ -274,6 +274,21 @@ mod tests {
         assert_eq!(
             keys.user_scoped("trading", "123", &["AAPL", "quote"]),
             "tradistry:trading:user:123:AAPL:quote"
+        );
+    }
+
+    #[test]
+    fn call_key_layout() {
+        let keys = KeyBuilder::new("tradistry");
+        let hash = ArgsHash([0xab; 16]);
+        let hex = "ab".repeat(16);
+        assert_eq!(
+            keys.call("users", Some("u1"), "app::report", 2, &hash),
+            format!("tradistry:users:user:u1:app::report:v2:{hex}")
+        );
+        assert_eq!(
+            keys.call("analytics", None, "app::metrics", 1, &hash),
+            format!("tradistry:analytics:app::metrics:v1:{hex}")
         );
     }
 

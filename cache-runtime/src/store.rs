@@ -113,18 +113,7 @@ impl Cache {
                 "using Redis"
             ),
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                backend,
-                keys: KeyBuilder::new(config.key_prefix.clone()),
-                config,
-                counters: ArcSwap::default(),
-                flights: Flights::default(),
-                reads: Flights::default(),
-                started: Instant::now(),
-                l1,
-            }),
-        })
+        Ok(Self::assemble(config, backend, l1))
     }
 
     /// A cache from the environment (and `.env`); see [`CacheConfig::from_env`].
@@ -134,18 +123,24 @@ impl Cache {
 
     /// The embedded store with default bounds.
     pub fn in_memory() -> Self {
+        let config = CacheConfig::default();
+        let backend = Backend::Memory(crate::backend::memory::MemoryBackend::new(
+            &crate::config::MemoryConfig::default(),
+        ));
+        Self::assemble(config, backend, None)
+    }
+
+    fn assemble(config: CacheConfig, backend: Backend, l1: Option<Arc<L1>>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                backend: Backend::Memory(crate::backend::memory::MemoryBackend::new(
-                    &crate::config::MemoryConfig::default(),
-                )),
-                keys: KeyBuilder::new(crate::config::DEFAULT_KEY_PREFIX),
-                config: CacheConfig::default(),
+                backend,
+                keys: KeyBuilder::new(config.key_prefix.clone()),
+                config,
                 counters: ArcSwap::default(),
                 flights: Flights::default(),
                 reads: Flights::default(),
                 started: Instant::now(),
-                l1: None,
+                l1,
             }),
         }
     }
