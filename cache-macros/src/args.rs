@@ -42,7 +42,7 @@ impl Kind {
     }
 }
 
-const COMMON: [&str; 7] = [
+const COMMON: [&str; 8] = [
     "ttl",
     "namespace",
     "version",
@@ -50,8 +50,9 @@ const COMMON: [&str; 7] = [
     "include",
     "cache_none",
     "companions",
+    "cache",
 ];
-const USER_SPECIFIC: [&str; 9] = [
+const USER_SPECIFIC: [&str; 10] = [
     "ttl",
     "namespace",
     "version",
@@ -59,6 +60,7 @@ const USER_SPECIFIC: [&str; 9] = [
     "include",
     "cache_none",
     "companions",
+    "cache",
     "data_type",
     "user",
 ];
@@ -114,6 +116,8 @@ pub(crate) struct Args {
     pub(crate) user: Option<Ident>,
     pub(crate) cache_none: Option<WithSpan<bool>>,
     pub(crate) companions: Option<WithSpan<bool>>,
+    /// `cache = path`: a function returning the `&'static Cache` to use.
+    pub(crate) cache: Option<syn::Path>,
 }
 
 impl Args {
@@ -129,6 +133,7 @@ impl Args {
             user: None,
             cache_none: None,
             companions: None,
+            cache: None,
         }
     }
 }
@@ -211,6 +216,19 @@ fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
             args.version = expr(&ident, value, "`version = 2`", cx).and_then(|e| version(&e, cx))
         }
         "cache_none" => args.cache_none = flag(&ident, value, cx),
+        "cache" => {
+            const EXAMPLE: &str = "`cache = crate::caches::analytics`, a function returning `&'static cache_runtime::Cache`";
+            args.cache = expr(&ident, value, EXAMPLE, cx).and_then(|e| match e {
+                Expr::Path(p) if p.qself.is_none() && p.attrs.is_empty() => Some(p.path),
+                other => {
+                    cx.error_spanned(
+                        &other,
+                        format!("expected the path of a function, e.g. {EXAMPLE}"),
+                    );
+                    None
+                }
+            });
+        }
         "companions" => args.companions = flag(&ident, value, cx),
         "user" => {
             args.user = expr(&ident, value, "`user = user_id` (a parameter name)", cx).and_then(
@@ -334,7 +352,7 @@ fn ttl(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<u64>> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(text),
             ..
-        }) => match duration::parse_secs(&text.value()) {
+        }) => match duration::parse_ttl_secs(&text.value()) {
             Ok(secs) => Some(WithSpan {
                 value: secs,
                 span: text.span(),
@@ -401,27 +419,7 @@ fn segment(e: &Expr, what: &str, cx: &mut Ctxt) -> Option<WithSpan<String>> {
 }
 
 pub(crate) fn check_segment(value: &str) -> Result<(), String> {
-    if value.is_empty() {
-        return Err("it is empty; use 1 to 64 characters from a-z, 0-9, '_' and '-'".into());
-    }
-    if value.len() > 64 {
-        return Err(format!("it has {} characters; use at most 64", value.len()));
-    }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
-    {
-        let hint = if bad.is_ascii_uppercase() {
-            " (use lower case)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "{} is not allowed{hint}; use only a-z, 0-9, '_' and '-'",
-            duration::describe(bad)
-        ));
-    }
-    Ok(())
+    cache_grammar::check_name(value).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -451,7 +449,8 @@ mod tests {
                 skip(self, db),
                 user = uid,
                 cache_none = true,
-                companions = false
+                companions = false,
+                cache = crate::caches::analytics
             ),
             &mut cx,
         );
@@ -464,6 +463,7 @@ mod tests {
         assert_eq!(args.user.map(|u| u.to_string()).as_deref(), Some("uid"));
         assert_eq!(args.cache_none.map(|b| b.value), Some(true));
         assert_eq!(args.companions.map(|b| b.value), Some(false));
+        assert!(args.cache.is_some());
     }
 
     #[test]
@@ -494,5 +494,9 @@ mod tests {
         assert!(check_segment("a:b").is_err());
         assert!(check_segment(&"a".repeat(65)).is_err());
         assert!(check_segment(&"a".repeat(64)).is_ok());
+        assert!(
+            check_segment("__index").is_err(),
+            "reserved, as in the runtime"
+        );
     }
 }

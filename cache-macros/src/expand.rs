@@ -134,6 +134,11 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
     let version = proc_macro2::Literal::u32_unsuffixed(plan.version);
     let fingerprint = &plan.fingerprint;
     let ttl = proc_macro2::Literal::u64_unsuffixed(plan.ttl_secs);
+    // Spanned at the path: a function of the wrong type is reported on the user's token.
+    let cache = plan
+        .cache
+        .as_ref()
+        .map(|path| quote_spanned!(path.span()=> .with_cache(#path)));
     quote! {
         static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
             #namespace,
@@ -141,7 +146,7 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
             #version,
             #fingerprint,
             #ttl,
-        );
+        )#cache;
     }
 }
 

@@ -43,9 +43,27 @@ mod validate;
 /// | `skip(self)` / `include(self)` | on methods, one of them is **required**: `skip(self)` shares entries between all values of the type; `include(self)` serialises `self` into the key (`Self: Serialize`) | - |
 /// | `cache_none = true` | for `Option<T>` returns, also cache `None` | `false` |
 /// | `companions = true/false` | generate the invalidation companions (below) | `true` without `self`, `false` for methods |
+/// | `cache = crate::caches::analytics` | the cache this function uses: the path of a function `fn() -> &'static cache_runtime::Cache` (checked at compile time) | the global cache (`cache_runtime::global()`) |
 ///
 /// Unknown arguments (with a "did you mean" hint), duplicates, bad values and signature
 /// problems are all reported in one compilation, each on its token.
+///
+/// # Which cache
+///
+/// The global cache by default (set up by `cache_runtime::init`, or from the environment on
+/// first use); `cache = path` names another, e.g. one `Cache` per Redis:
+///
+/// ```text
+/// static ANALYTICS: LazyLock<Cache> = LazyLock::new(|| Cache::new(analytics_config()).expect("valid"));
+/// fn analytics() -> &'static Cache { &ANALYTICS }
+///
+/// #[cache_result(namespace = "analytics", cache = analytics)]
+/// async fn metrics(user_id: &str) -> Metrics { /* ... */ }
+/// ```
+///
+/// In tests, `cache_runtime::with_cache(cache, future)` runs `future` with `cache` in place of
+/// whichever cache its decorated calls would use (a task-local override: parallel tests
+/// each get their own cache, and the process-wide one is never touched).
 ///
 /// # What is cached
 ///

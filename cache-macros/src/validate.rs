@@ -81,6 +81,8 @@ pub(crate) struct Plan {
     pub(crate) const_params: Vec<Ident>,
     pub(crate) companions: bool,
     pub(crate) body: Body,
+    /// `cache = path`.
+    pub(crate) cache: Option<syn::Path>,
 }
 
 pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
@@ -262,6 +264,7 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
         const_params,
         companions,
         body,
+        cache: args.cache.clone(),
     })
 }
 

@@ -15,7 +15,7 @@ use std::io::Write;
 
 use std::time::Duration;
 
-use crate::config::BackendConfig;
+use crate::backend::Store;
 use crate::{Cache, CacheConfig, CacheError};
 
 /// Success.
@@ -178,11 +178,9 @@ fn confirm(io: &mut Io<'_>, what: &str) -> bool {
     }
 }
 
-async fn ping(io: &mut Io<'_>, cache: &Cache, config: &CacheConfig, json: bool) -> u8 {
-    let (endpoint, tls) = match &config.backend {
-        BackendConfig::Redis(r) => (r.to_string(), r.tls.is_some()),
-        BackendConfig::Memory(_) => ("embedded in-process store".to_owned(), false),
-    };
+async fn ping(io: &mut Io<'_>, cache: &Cache, json: bool) -> u8 {
+    let endpoint = cache.backend().endpoint();
+    let (endpoint, tls) = (endpoint.shown, endpoint.tls);
     // The connect's own error says why (refused, TLS, auth); a ping could only time out.
     if let Err(e) = cache.connect().await {
         return fail(io, json, &e);
@@ -260,12 +258,12 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => return fail(io, args.json, &CacheError::Config(e)),
     };
-    let cache = match Cache::new(config.clone()) {
+    let cache = match Cache::new(config) {
         Ok(c) => c,
         Err(e) => return fail(io, args.json, &e),
     };
     match args.command {
-        Command::Ping => ping(io, &cache, &config, args.json).await,
+        Command::Ping => ping(io, &cache, args.json).await,
         Command::Health => {
             let report = cache.health().await;
             if args.json {

@@ -41,15 +41,12 @@ impl CodecKind {
         }
     }
 
-    pub(crate) fn parse(value: &str) -> Result<Self, crate::config::ConfigError> {
-        match value.to_ascii_lowercase().as_str() {
-            "bincode" => Ok(Self::Bincode),
-            "json" => Ok(Self::Json),
-            _ => Err(crate::config::ConfigError::Invalid {
-                var: "CACHE_CODEC",
-                value: value.to_owned(),
-                fix: "use bincode (default, compact) or json (readable, cross-language)".into(),
-            }),
+    /// The codec named `name` (`bincode`, `json`; any case), as `CACHE_CODEC` takes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "bincode" => Some(Self::Bincode),
+            "json" => Some(Self::Json),
+            _ => None,
         }
     }
 

@@ -1,8 +1,8 @@
 //! Errors of the runtime. Every message says what to do about it.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::config::ConfigError;
 
 /// An error from a cache operation.
 ///
@@ -23,11 +23,11 @@ pub enum CacheError {
         detail: String,
     },
     /// The TLS handshake failed (certificate, CA, hostname, or a plain server on a TLS port).
-    #[error("TLS handshake with {endpoint} failed: {detail}; check that the URL uses rediss:// on the TLS port, that REDIS_SSL_CA_CERTS points to the server's CA (Redis Cloud: redis_ca.pem), and that the certificate is valid for the host name")]
+    #[error("TLS handshake with {endpoint} failed: {detail}")]
     Tls {
         /// host:port.
         endpoint: String,
-        /// What the TLS layer said.
+        /// The cause and what to do about it, then what the TLS layer said.
         detail: String,
     },
     /// The server refused the credentials (WRONGPASS, NOAUTH) or the ACL user lacks rights.
@@ -45,8 +45,23 @@ pub enum CacheError {
     )]
     Unavailable,
     /// Any other error reported by Redis.
-    #[error("Redis error: {0}")]
-    Redis(String),
+    #[error("Redis replied with an error ({code}): {detail}")]
+    Server {
+        /// The server's error code (`ERR`, `READONLY`, …), empty when it gave none.
+        code: String,
+        /// The whole message.
+        detail: String,
+    },
+    /// The key holds another Redis type (a hash, a list…) than the string this cache
+    /// stores; reads treat it as a miss.
+    #[error("the key holds another Redis type (WRONGTYPE); delete it or use another key")]
+    WrongType,
+    /// A Redis operation was called outside a Tokio runtime.
+    #[error("Redis operations need a Tokio runtime with I/O and timers enabled: call them from within #[tokio::main] or #[tokio::test], or a runtime built with enable_all(); the embedded store works anywhere")]
+    NoRuntime,
+    /// An argument the caller gave is unusable.
+    #[error("{0}")]
+    InvalidInput(String),
     /// A value could not be encoded.
     #[error("cannot encode the value with {codec}: {detail}")]
     Encode {
@@ -78,20 +93,111 @@ pub enum CacheError {
     /// or by first use).
     #[error("the global cache is already initialised; call cache_runtime::init once, at start-up, before any cached call")]
     AlreadyInitialized,
-    /// A namespace name outside `[a-z0-9_-]{{1,64}}`.
-    #[error("invalid namespace {0:?}: use 1 to 64 characters from a-z, 0-9, '_' and '-', not starting with '__' (reserved)")]
-    InvalidNamespace(String),
+    /// A namespace name outside `[a-z0-9_-]{{1,64}}`, or starting with `__` (reserved).
+    #[error("invalid namespace {name:?}: {reason}")]
+    InvalidNamespace {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: cache_grammar::NameError,
+    },
 }
 
 impl CacheError {
-    /// Whether the error is a connection-level fault (counts toward the circuit breaker).
+    /// Whether the error is a connection-level fault (counts toward the circuit breaker):
+    /// a store after one would most likely fail the same way.
     pub fn is_connection_fault(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Tls { .. } | Self::Timeout(_) | Self::Unavailable
+            Self::Unreachable { .. }
+                | Self::Tls { .. }
+                | Self::Timeout(_)
+                | Self::Unavailable
+                | Self::NoRuntime
         )
     }
 }
 
 /// Result of cache operations.
 pub type Result<T, E = CacheError> = std::result::Result<T, E>;
+
+/// An invalid setting. The message names the variable and says how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A variable has a value of the wrong form.
+    #[error("{var}={value:?} is invalid: {fix}")]
+    Invalid {
+        /// The variable, e.g. `REDIS_PORT`.
+        var: &'static str,
+        /// The value as given (never a password).
+        value: String,
+        /// What to do.
+        fix: String,
+    },
+    /// Two settings contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+    /// A file named by a variable cannot be read.
+    #[error("{var}={path:?} cannot be read ({reason}); point it at a readable PEM file")]
+    Unreadable {
+        /// The variable, e.g. `REDIS_SSL_CA_CERTS`.
+        var: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The `.env` file exists but cannot be parsed.
+    #[error(".env file {path:?} cannot be parsed ({reason}); fix the line or remove the file")]
+    DotEnv {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// More than one setting is invalid: all of them, so they can be fixed in one go.
+    #[error("{} settings are invalid:\n{}", .0.len(), Numbered(.0))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// The individual errors (one, or each of [`ConfigError::Several`]).
+    pub fn errors(&self) -> &[ConfigError] {
+        match self {
+            Self::Several(all) => all,
+            one => std::slice::from_ref(one),
+        }
+    }
+
+    /// One error, or [`ConfigError::Several`] for more; `None` for none.
+    pub(crate) fn collect(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(Self::Several(errors)),
+        }
+    }
+}
+
+struct Numbered<'a>(&'a [ConfigError]);
+
+impl fmt::Display for Numbered<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "  {}. {e}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn invalid(var: &'static str, value: &str, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        value: value.to_owned(),
+        fix: fix.into(),
+    }
+}

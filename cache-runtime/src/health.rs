@@ -4,14 +4,16 @@
 //! error. Key counts on Redis come from one bounded SCAN pass: exact when it finishes within
 //! its budget, otherwise extrapolated and marked `approximate`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::backend::{Backend, PoolStats};
+use crate::backend::{PoolStats, ScanBudget, Store};
+use crate::cache::Cache;
+use crate::counters::NamespaceCounters;
+use crate::error::CacheError;
 use crate::namespace::Namespace;
-use crate::store::{Cache, NamespaceCounters};
 
 /// Most keys examined by one `stats()` SCAN pass before counts are extrapolated.
 pub const STATS_SCAN_BUDGET: u64 = 200_000;
@@ -34,6 +36,10 @@ pub struct HealthReport {
     pub error: Option<String>,
     /// Whether calls currently bypass Redis after repeated failures (circuit breaker).
     pub circuit_open: bool,
+    /// How the L1 hears about writes made elsewhere (`pubsub`), `null` without an L1.
+    pub l1_invalidation: Option<&'static str>,
+    /// Whether the L1 is serving (its invalidation stream is up), `null` without an L1.
+    pub l1_active: Option<bool>,
     /// Server, clients and pool.
     pub info: HealthInfo,
     /// UTC, ISO 8601.
@@ -155,29 +161,6 @@ pub fn timestamp() -> String {
     )
 }
 
-/// Parses `INFO` text into `field -> value`.
-fn parse_info(text: &str) -> HashMap<&str, &str> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.trim_end().split_once(':'))
-        .collect()
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.2}{}", UNITS[unit])
-    }
-}
-
 fn pool_info(stats: Option<PoolStats>) -> PoolInfo {
     stats.map_or_else(PoolInfo::default, |p| PoolInfo {
         max_connections: Some(p.max_connections),
@@ -189,52 +172,40 @@ fn pool_info(stats: Option<PoolStats>) -> PoolInfo {
 impl Cache {
     /// Liveness and server facts (the seed's `/api/health/redis`).
     pub async fn health(&self) -> HealthReport {
+        let backend = self.backend();
         let ping = self.ping().await;
         let mut info = HealthInfo {
             pool: pool_info(self.pool_stats()),
             ..HealthInfo::default()
         };
-        match self.backend() {
-            Backend::Memory(_) => {
+        // Facts a server withholds (ACL, managed service) stay null.
+        if ping.is_ok() {
+            if let Ok(facts) = backend.server_facts().await {
                 info.server = ServerInfo {
-                    version: Some(env!("CARGO_PKG_VERSION").to_owned()),
-                    mode: Some("embedded".to_owned()),
-                    uptime: Some(self.inner.started.elapsed().as_secs()),
+                    version: facts.version,
+                    mode: facts.mode,
+                    uptime: facts.uptime_secs,
+                };
+                info.clients = ClientsInfo {
+                    connected: facts.clients_connected,
+                    blocked: facts.clients_blocked,
                 };
             }
-            Backend::Redis(r) if ping.is_ok() => {
-                if let Ok(text) = r.info("server").await {
-                    let f = parse_info(&text);
-                    info.server = ServerInfo {
-                        version: f.get("redis_version").map(|s| (*s).to_owned()),
-                        mode: f.get("redis_mode").map(|s| (*s).to_owned()),
-                        uptime: f.get("uptime_in_seconds").and_then(|s| s.parse().ok()),
-                    };
-                }
-                if let Ok(text) = r.info("clients").await {
-                    let f = parse_info(&text);
-                    info.clients = ClientsInfo {
-                        connected: f.get("connected_clients").and_then(|s| s.parse().ok()),
-                        blocked: f.get("blocked_clients").and_then(|s| s.parse().ok()),
-                    };
-                }
-            }
-            Backend::Redis(_) => {}
         }
+        let l1 = self.inner.l1.is_some();
         HealthReport {
             status: if ping.is_ok() { "healthy" } else { "unhealthy" },
             connected: ping.is_ok(),
             backend: self.backend_kind(),
             latency_ms: ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
-            error: ping.err().map(|e| match (&e, self.backend()) {
+            error: ping.err().map(|e| match (&e, backend.last_fault()) {
                 // The breaker hides the cause; report the fault that opened it.
-                (crate::CacheError::Unavailable, Backend::Redis(r)) => match r.last_fault() {
-                    Some(last) => format!("{e}; last error: {last}"),
-                    None => e.to_string(),
-                },
+                (CacheError::Unavailable, Some(last)) => format!("{e}; last error: {last}"),
                 _ => e.to_string(),
             }),
-            circuit_open: self.backend().circuit_open(),
+            circuit_open: backend.circuit_open(),
+            l1_invalidation: backend.invalidation_mode().filter(|_| l1),
+            l1_active: l1.then(|| self.l1_active()),
             info,
             timestamp: timestamp(),
         }
@@ -243,12 +214,12 @@ impl Cache {
     /// Memory, key counts and counters (the seed's `/api/health/cache`). Bounded in time
     /// on a large database: see [`STATS_SCAN_BUDGET`] and [`STATS_TIME_BUDGET`].
     pub async fn stats(&self) -> StatsReport {
+        let backend = self.backend();
         let counters: BTreeMap<String, NamespaceCounters> = self.counters().into_iter().collect();
         let mut by_namespace: BTreeMap<String, u64> = Namespace::BUILT_IN
             .iter()
             .map(|n| (n.as_str().to_owned(), 0))
             .collect();
-        let prefix = format!("{}:", self.keys().prefix());
         let mut report = StatsReport {
             memory: MemoryStats::default(),
             keys: KeyStats::default(),
@@ -256,72 +227,44 @@ impl Cache {
             error: None,
             timestamp: timestamp(),
         };
-        match self.backend() {
-            Backend::Memory(m) => {
-                let (entries, bytes) = m.usage();
-                let names = m.namespaces(&prefix);
-                for (ns, n) in names {
-                    by_namespace.insert(ns, n);
-                }
+        match backend.memory_facts().await {
+            Ok(m) => {
                 report.memory = MemoryStats {
-                    used_memory: Some(bytes),
-                    used_memory_human: Some(human_bytes(bytes)),
-                    maxmemory: Some(m.config().max_bytes),
-                    maxmemory_policy: Some("tinylfu".to_owned()),
-                };
-                report.keys = KeyStats {
-                    total: Some(entries),
-                    by_namespace,
-                    approximate: false,
-                    scanned: entries,
-                };
+                    used_memory: m.used,
+                    used_memory_human: m.used_human,
+                    maxmemory: m.max,
+                    maxmemory_policy: m.policy,
+                }
             }
-            Backend::Redis(r) => {
-                match r.info("memory").await {
-                    Ok(text) => {
-                        let f = parse_info(&text);
-                        let used = f.get("used_memory").and_then(|s| s.parse().ok());
-                        report.memory = MemoryStats {
-                            used_memory: used,
-                            used_memory_human: f
-                                .get("used_memory_human")
-                                .map(|s| (*s).to_owned())
-                                .or_else(|| used.map(human_bytes)),
-                            maxmemory: f.get("maxmemory").and_then(|s| s.parse().ok()),
-                            maxmemory_policy: f.get("maxmemory_policy").map(|s| (*s).to_owned()),
-                        };
+            Err(e) => report.error = Some(e.to_string()),
+        }
+        report.keys.total = backend.key_total().await.ok().flatten();
+        let budget = ScanBudget {
+            max_keys: STATS_SCAN_BUDGET,
+            max_time: STATS_TIME_BUDGET,
+        };
+        match backend
+            .count_namespaces(self.keys().prefix_with_colon(), budget)
+            .await
+        {
+            Ok(count) => {
+                // A partial pass is extrapolated to the whole database.
+                let scale = match (count.complete, report.keys.total) {
+                    (false, Some(total)) if count.scanned > 0 => {
+                        total as f64 / count.scanned as f64
                     }
-                    Err(e) => report.error = Some(e.to_string()),
-                }
-                let total = r.raw(&redis::cmd("DBSIZE")).await;
-                report.keys.total = match total {
-                    Ok(redis::Value::Int(n)) => u64::try_from(n).ok(),
-                    _ => None,
+                    _ => 1.0,
                 };
-                match r
-                    .count_namespaces(&prefix, STATS_SCAN_BUDGET, STATS_TIME_BUDGET)
-                    .await
-                {
-                    Ok(count) => {
-                        let scale = match (count.complete, report.keys.total) {
-                            (false, Some(total)) if count.scanned > 0 => {
-                                total as f64 / count.scanned as f64
-                            }
-                            _ => 1.0,
-                        };
-                        for (ns, n) in count.by_namespace {
-                            by_namespace.insert(ns, (n as f64 * scale).round() as u64);
-                        }
-                        report.keys.approximate = !count.complete;
-                        report.keys.scanned = count.scanned;
-                    }
-                    Err(e) => {
-                        // Unknown, not zero: leave the counts out.
-                        by_namespace.clear();
-                        report.error = Some(e.to_string());
-                    }
+                for (ns, n) in count.by_namespace {
+                    by_namespace.insert(ns, (n as f64 * scale).round() as u64);
                 }
+                report.keys.approximate = !count.complete;
+                report.keys.scanned = count.scanned;
                 report.keys.by_namespace = by_namespace;
+            }
+            Err(e) => {
+                // Unknown, not zero: leave the counts out.
+                report.error = Some(e.to_string());
             }
         }
         report
@@ -337,18 +280,5 @@ mod tests {
         let t = timestamp();
         assert_eq!(t.len(), 20, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
-    }
-
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(human_bytes(512), "512B");
-        assert_eq!(human_bytes(5 * 1024 * 1024 + 200 * 1024), "5.20M");
-    }
-
-    #[test]
-    fn info_parsing_ignores_sections() {
-        let f = parse_info("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n");
-        assert_eq!(f.get("redis_version"), Some(&"7.0.15"));
-        assert_eq!(f.get("redis_mode"), Some(&"standalone"));
     }
 }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::store::Cache;
+use crate::cache::Cache;
 
 /// The health routes over the global cache ([`crate::global`]), mountable in any router.
 pub fn health_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {

@@ -1,13 +1,22 @@
 //! Key layout, segment escaping and argument hashing.
 //!
-//! Layout: `{prefix}:{namespace}:{specific}`. Every caller-supplied segment goes through
-//! [`escape_segment`], which percent-encodes everything but `[A-Za-z0-9-_.@+=,~/]`, so a
-//! segment can never contain `:` (forging another segment) or a glob metacharacter
-//! (`*?[]\`), and the encoding is injective (`%` itself is encoded). Plain ids stay readable.
+//! Layout (version [`LAYOUT_VERSION`]): `{prefix}:{namespace}:{specific}`; a user's keys
+//! carry the segment `{user:<id>}` right after the namespace, a Redis Cluster hash tag, so
+//! all of one user's keys (service data, decorated results, the user's index) live in one
+//! slot. Every caller-supplied segment goes through [`escape_segment`], which
+//! percent-encodes everything but `[A-Za-z0-9-_.@+=,~/]`, so a segment can never contain
+//! `:` (forging another segment), a glob metacharacter (`*?[]\`) or a brace (forging a
+//! hash tag), and the encoding is injective (`%` itself is encoded). Plain ids stay
+//! readable.
 
 use std::borrow::Cow;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// The key layout. Version 2 put users' keys in a hash tag (`{user:<id>}`) and changed
+/// the domain of the argument hash: keys of version 1 are never read again and expire by
+/// their TTL.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Bytes that stay as they are in a key segment; everything else is `%XX`-encoded.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -46,33 +55,44 @@ pub fn escape_glob(segment: &str) -> Cow<'_, str> {
 /// Builds keys under one prefix.
 #[derive(Clone, Debug)]
 pub struct KeyBuilder {
-    prefix: String,
+    /// `{prefix}:`
+    prefix_colon: String,
 }
 
 impl KeyBuilder {
     /// A builder for keys under `prefix` (already validated by the configuration).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into(),
-        }
+        let mut prefix_colon = prefix.into();
+        prefix_colon.push(':');
+        Self { prefix_colon }
     }
 
     /// The first segment of every key.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.prefix_colon[..self.prefix_colon.len() - 1]
+    }
+
+    /// `{prefix}:`, what every key of this cache starts with.
+    pub(crate) fn prefix_with_colon(&self) -> &str {
+        &self.prefix_colon
+    }
+
+    /// `{prefix}:{namespace}:`, what every key of a namespace starts with.
+    pub fn namespace_prefix(&self, namespace: &str) -> String {
+        format!("{}{namespace}:", self.prefix_colon)
     }
 
     /// `{prefix}:{namespace}:{escaped key}`: the key of a manual operation.
     pub fn manual(&self, namespace: &str, key: &str) -> String {
-        format!("{}:{}:{}", self.prefix, namespace, escape_segment(key))
+        format!("{}{}:{}", self.prefix_colon, namespace, escape_segment(key))
     }
 
-    /// `{prefix}:{namespace}:user:{id}:{rest...}`, each of `rest` escaped.
+    /// `{prefix}:{namespace}:{user:<id>}:{rest...}`, the id and each of `rest` escaped.
     ///
     /// ```
     /// use cache_runtime::key::KeyBuilder;
     /// let keys = KeyBuilder::new("tradistry");
-    /// assert_eq!(keys.user_scoped("users", "123", &["profile"]), "tradistry:users:user:123:profile");
+    /// assert_eq!(keys.user_scoped("users", "123", &["profile"]), "tradistry:users:{user:123}:profile");
     /// ```
     pub fn user_scoped(&self, namespace: &str, user_id: &str, rest: &[&str]) -> String {
         let mut key = self.user_base(namespace, user_id);
@@ -83,31 +103,34 @@ impl KeyBuilder {
         key
     }
 
-    /// `{prefix}:{namespace}:user:{id}`.
+    /// `{prefix}:{namespace}:{user:<id>}`.
     fn user_base(&self, namespace: &str, user_id: &str) -> String {
         format!(
-            "{}:{}:user:{}",
-            self.prefix,
-            namespace,
-            escape_segment(user_id)
+            "{}{namespace}:{}",
+            self.prefix_colon,
+            user_tag(&escape_segment(user_id))
         )
     }
 
     /// SCAN pattern matching every key of a namespace.
     pub fn namespace_pattern(&self, namespace: &str) -> String {
-        format!("{}:{}:*", self.prefix, namespace)
+        format!("{}{namespace}:*", self.prefix_colon)
     }
 
-    /// The set that lists every key stored for one user, in every namespace.
-    ///
-    /// The `{...}` hash tag keeps a user's index in one cluster slot.
+    /// `:{user:<escaped id>}:`, the segment every key of that user contains.
+    pub(crate) fn user_segment_escaped(&self, escaped_user: &str) -> String {
+        format!(":{}:", user_tag(escaped_user))
+    }
+
+    /// The set that lists every key stored for one user, in every namespace, in the
+    /// same cluster slot as those keys (same hash tag).
     pub fn user_index(&self, user_id: &str) -> String {
         self.user_index_escaped(&escape_segment(user_id))
     }
 
     /// [`user_index`](Self::user_index) of an already escaped id.
     pub(crate) fn user_index_escaped(&self, escaped_user: &str) -> String {
-        format!("{}:__index:{{user:{escaped_user}}}", self.prefix)
+        format!("{}__index:{}", self.prefix_colon, user_tag(escaped_user))
     }
 
     /// The prefix shared by a user's keys in one namespace (used to filter the index).
@@ -117,9 +140,9 @@ impl KeyBuilder {
         base
     }
 
-    /// The key of one decorated call.
+    /// The key of one decorated call (`user` escaped).
     ///
-    /// `{prefix}:{namespace}[:user:{id}]:{function}:v{version}:{hash}`.
+    /// `{prefix}:{namespace}[:{user:<id>}]:{function}:v{version}:{hash}`.
     pub fn call(
         &self,
         namespace: &str,
@@ -141,21 +164,27 @@ impl KeyBuilder {
         version: u32,
     ) -> (String, String) {
         (
-            format!("{}:{}", self.prefix, namespace),
+            format!("{}{namespace}", self.prefix_colon),
             format!(":{function}:v{version}:"),
         )
     }
 }
 
+/// `{user:<escaped id>}`: the hash tag of one user's keys.
+fn user_tag(escaped_user: &str) -> String {
+    format!("{{user:{escaped_user}}}")
+}
+
 /// Assembles a call key from [`KeyBuilder::call_parts`]: the one place that knows where the
 /// user segment and the hash go (decorated calls keep the parts precomputed per function).
 pub(crate) fn join_call(head: &str, user: Option<&str>, tail: &str, hash: &ArgsHash) -> String {
-    let user_len = user.map_or(0, |u| u.len() + 6);
+    let user_len = user.map_or(0, |u| u.len() + 8);
     let mut key = String::with_capacity(head.len() + user_len + tail.len() + 32);
     key.push_str(head);
     if let Some(user) = user {
-        key.push_str(":user:");
+        key.push_str(":{user:");
         key.push_str(user);
+        key.push('}');
     }
     key.push_str(tail);
     hash.write_hex(&mut key);
@@ -202,7 +231,8 @@ pub struct ArgsHasher {
 /// under which its arguments are hashed. Computed once per function.
 pub fn site_key(function: &str, version: u32, fingerprint: &str) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"cache-runtime/site/v1\0");
+    // The domain names the layout version: a new layout never reads old keys.
+    hasher.update(b"cache-runtime/site/v2\0");
     for part in [function.as_bytes(), fingerprint.as_bytes()] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
@@ -263,18 +293,20 @@ mod tests {
     #[test]
     fn seed_examples_byte_for_byte() {
         let keys = KeyBuilder::new("tradistry");
+        // The seed's layout, with the user in a cluster hash tag (layout version 2).
         assert_eq!(
             keys.user_scoped("users", "123", &["profile"]),
-            "tradistry:users:user:123:profile"
+            "tradistry:users:{user:123}:profile"
         );
         assert_eq!(
             keys.user_scoped("ai", "123", &["prompt", "abc123"]),
-            "tradistry:ai:user:123:prompt:abc123"
+            "tradistry:ai:{user:123}:prompt:abc123"
         );
         assert_eq!(
             keys.user_scoped("trading", "123", &["AAPL", "quote"]),
-            "tradistry:trading:user:123:AAPL:quote"
+            "tradistry:trading:{user:123}:AAPL:quote"
         );
+        assert_eq!(keys.user_index("123"), "tradistry:__index:{user:123}");
     }
 
     #[test]
@@ -284,7 +316,7 @@ mod tests {
         let hex = "ab".repeat(16);
         assert_eq!(
             keys.call("users", Some("u1"), "app::report", 2, &hash),
-            format!("tradistry:users:user:u1:app::report:v2:{hex}")
+            format!("tradistry:users:{{user:u1}}:app::report:v2:{hex}")
         );
         assert_eq!(
             keys.call("analytics", None, "app::metrics", 1, &hash),
@@ -326,7 +358,7 @@ mod tests {
     fn golden_args_hash() {
         // Pinned: changing this breaks every stored key. Bump the domain tag instead.
         // Independently reproducible (Python `blake3`):
-        //   site = blake3(b"cache-runtime/site/v1\0" + u64le(len(fn)) + fn
+        //   site = blake3(b"cache-runtime/site/v2\0" + u64le(len(fn)) + fn
         //                 + u64le(len(fp)) + fp + u32le(version))
         //   hash = blake3(key=site, data = for each arg i: u32le(i) + bincode(arg))[:16]
         // where bincode(&str) = u64le(len) + bytes.
@@ -337,5 +369,5 @@ mod tests {
         assert_eq!(hash.as_deref(), Some(GOLDEN));
     }
 
-    const GOLDEN: &str = "41a5a1539229a4015b7dd313067a62a6";
+    const GOLDEN: &str = "df84b1ed5c2f5e9b5ea80f771b62dd87";
 }

@@ -1,12 +1,12 @@
 //! The optional in-process L1 in front of Redis, coherent across processes.
 //!
-//! - Every store, delete and clear of any process publishes the affected keys (or key
-//!   prefix) on `{prefix}:__invalidate`; every process drops what it holds for them.
+//! - It is the [`Sink`] of the backend's invalidation stream (`backend/invalidation.rs`):
+//!   whatever another process (or this one) changes is dropped from it.
 //! - L1 is filled only from Redis reads, never from local writes, with the key's remaining
 //!   Redis TTL (capped by `CACHE_L1_MAX_TTL`): it never holds a value longer than Redis.
 //! - A read that raced with an invalidation does not fill (striped sequence numbers).
-//! - While the subscription is down, L1 serves and fills nothing; when it comes back, L1
-//!   starts empty (messages may have been missed meanwhile).
+//! - While the stream is down, L1 serves and fills nothing; when it comes back, L1 starts
+//!   empty (invalidations may have been missed meanwhile).
 //!
 //! The store is purpose-built so that a hit costs one keyed hash, one uncontended read
 //! lock, one map probe, one clock read and an `Arc` clone (no channel, no GC):
@@ -33,16 +33,14 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use crate::backend::invalidation::{Invalidated, Sink};
 use crate::config::L1Config;
 use crate::fasthash::{KeyedHash, PassThrough};
 
 const STRIPES: usize = 64;
-/// Message kinds on the invalidation channel: `k\0key[\0key…]` or `p\0prefix`.
-const KEYS: u8 = b'k';
-const PREFIX: u8 = b'p';
 
 /// Most shards (a power of two); fewer for small caches so per-shard budgets stay meaningful.
 const MAX_SHARDS: usize = 32;
@@ -236,16 +234,9 @@ pub(crate) struct L1 {
     clock: Arc<Clock>,
     healthy: AtomicBool,
     stripes: [AtomicU64; STRIPES],
-    channel: String,
     max_ttl: Duration,
-    listener: AtomicBool,
-    shutdown: Arc<tokio::sync::Notify>,
-}
-
-impl Drop for L1 {
-    fn drop(&mut self) {
-        self.shutdown.notify_one();
-    }
+    /// A listener feeds this L1 (or is starting).
+    listening: AtomicBool,
 }
 
 fn stripe(key: &str) -> usize {
@@ -266,8 +257,9 @@ pub(crate) struct Ticket {
 }
 
 impl L1 {
-    pub(crate) fn new(config: &L1Config, key_prefix: &str) -> Self {
-        let wanted = (config.max_entries / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS as u64);
+    pub(crate) fn new(config: &L1Config) -> Self {
+        let (max_entries, max_bytes) = (config.max_entries.get(), config.max_bytes.get());
+        let wanted = (max_entries / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS as u64);
         // Round down to a power of two so the shard is a mask of the hash.
         let shards = 1u64 << (63 - wanted.leading_zeros());
         let state = RandomState::new();
@@ -282,17 +274,15 @@ impl L1 {
             })),
             shard_mask: (shards - 1) as usize,
             budget: Budget {
-                entries: config.max_entries / shards,
-                bytes: config.max_bytes / shards,
+                entries: max_entries / shards,
+                bytes: max_bytes / shards,
             },
             hasher: KeyedHash::new(),
             clock: Clock::start(),
             healthy: AtomicBool::new(false),
             stripes: std::array::from_fn(|_| AtomicU64::new(0)),
-            channel: invalidation_channel(key_prefix),
             max_ttl: config.max_ttl,
-            listener: AtomicBool::new(false),
-            shutdown: Arc::new(tokio::sync::Notify::new()),
+            listening: AtomicBool::new(false),
         }
     }
 
@@ -300,6 +290,12 @@ impl L1 {
     fn shard(&self, hash: u64) -> &Shard {
         // Middle bits: the map uses the low bits for buckets and the top ones for tags.
         &self.shards[(hash >> 32) as usize & self.shard_mask & (MAX_SHARDS - 1)]
+    }
+
+    /// Whether a listener must be started (true once, until it ends). A plain load first:
+    /// this runs on every read, and a swap would bounce the cache line.
+    pub(crate) fn needs_listener(&self) -> bool {
+        !self.listening.load(Ordering::Acquire) && !self.listening.swap(true, Ordering::AcqRel)
     }
 
     /// Whether L1 may serve: the invalidation channel is up.
@@ -375,10 +371,7 @@ impl L1 {
         self.invalidate_matching_ref(&|k: &str| k.starts_with(prefix));
     }
 
-    pub(crate) fn invalidate_matching(
-        &self,
-        predicate: impl Fn(&str) -> bool + Send + Sync + 'static,
-    ) {
+    pub(crate) fn invalidate_matching(&self, predicate: impl Fn(&str) -> bool) {
         self.invalidate_matching_ref(&predicate);
     }
 
@@ -411,161 +404,40 @@ impl L1 {
             (n + t.slots.len(), b + t.bytes)
         })
     }
+}
 
-    /// Applies one message of the invalidation channel.
-    fn apply(&self, payload: &[u8]) {
-        let mut parts = payload.split(|b| *b == 0);
-        match parts.next() {
-            Some([KEYS]) => {
-                for key in parts {
-                    if let Ok(key) = std::str::from_utf8(key) {
-                        self.invalidate_key(key);
-                    }
-                }
-            }
-            Some([PREFIX]) => match parts.next().map(std::str::from_utf8) {
-                Some(Ok(prefix)) => self.invalidate_prefix(prefix),
-                _ => self.invalidate_all(),
-            },
-            // Unknown message: be safe.
-            _ => self.invalidate_all(),
+impl Sink for L1 {
+    fn up(&self) {
+        self.invalidate_all();
+        self.healthy.store(true, Ordering::Release);
+    }
+
+    fn down(&self) {
+        self.healthy.store(false, Ordering::Release);
+        self.invalidate_all();
+    }
+
+    fn invalidate(&self, what: Invalidated<'_>) {
+        match what {
+            Invalidated::Key(key) => self.invalidate_key(key),
+            Invalidated::Prefix(prefix) => self.invalidate_prefix(prefix),
+            Invalidated::All => self.invalidate_all(),
         }
     }
 
-    /// Starts the subscription once, from inside a tokio runtime.
-    pub(crate) fn ensure_listener(
-        self: &Arc<Self>,
-        client: &redis::Client,
-        connect_timeout: Duration,
-    ) {
-        // Plain load first: this runs on every read, and a swap would bounce the cache line.
-        if self.listener.load(Ordering::Acquire) || self.listener.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            self.listener.store(false, Ordering::Release);
-            return;
-        };
-        handle.spawn(listen(
-            Arc::downgrade(self),
-            client.clone(),
-            self.channel.clone(),
-            Arc::clone(&self.shutdown),
-            connect_timeout,
-        ));
-    }
-}
-
-/// The channel of invalidation messages for keys under `key_prefix`.
-pub(crate) fn invalidation_channel(key_prefix: &str) -> String {
-    format!("{key_prefix}:__invalidate")
-}
-
-/// The message that invalidates `keys`.
-pub(crate) fn keys_message<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
-    let mut out = vec![KEYS];
-    for key in keys {
-        out.push(0);
-        out.extend_from_slice(key.as_bytes());
-    }
-    out
-}
-
-/// The message that invalidates every key starting with `prefix`.
-pub(crate) fn prefix_message(prefix: &str) -> Vec<u8> {
-    let mut out = vec![PREFIX, 0];
-    out.extend_from_slice(prefix.as_bytes());
-    out
-}
-
-/// How often the subscription proves it is alive (a PING through the subscribed
-/// connection); a silent connection (NAT timeout, failover) otherwise looks healthy forever.
-const HEARTBEAT: Duration = Duration::from_secs(2);
-
-/// Marks the L1 unhealthy however the listener ends: error, shutdown, or its runtime being
-/// dropped mid-await (then nobody would ever clear `healthy`).
-struct ListenerGuard(Weak<L1>);
-
-impl Drop for ListenerGuard {
-    fn drop(&mut self) {
-        if let Some(l1) = self.0.upgrade() {
-            l1.healthy.store(false, Ordering::Release);
-            l1.invalidate_all();
-            // Lets the next read start a new listener (e.g. on a live runtime).
-            l1.listener.store(false, Ordering::Release);
-        }
-    }
-}
-
-async fn listen(
-    l1: Weak<L1>,
-    client: redis::Client,
-    channel: String,
-    shutdown: Arc<tokio::sync::Notify>,
-    connect_timeout: Duration,
-) {
-    use futures_util::StreamExt as _;
-    let _guard = ListenerGuard(l1.clone());
-    loop {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(connect_timeout, subscribed).await {
-            Ok(Ok(pubsub)) => {
-                let Some(l1_now) = l1.upgrade() else { return };
-                // Messages may have been missed while down: start empty.
-                l1_now.invalidate_all();
-                l1_now.healthy.store(true, Ordering::Release);
-                drop(l1_now);
-                tracing::debug!(target: "cache_runtime::connection", channel, "L1 invalidation channel up");
-                let (mut sink, mut messages) = pubsub.split();
-                let mut heartbeat = tokio::time::interval(HEARTBEAT);
-                heartbeat.tick().await;
-                loop {
-                    tokio::select! {
-                        message = messages.next() => {
-                            let Some(message) = message else { break };
-                            let Some(l1_now) = l1.upgrade() else { return };
-                            l1_now.apply(message.get_payload_bytes());
-                        }
-                        _ = heartbeat.tick() => {
-                            let ping = sink.ping::<redis::Value>();
-                            if !matches!(tokio::time::timeout(connect_timeout, ping).await, Ok(Ok(_))) {
-                                break;
-                            }
-                        }
-                        () = shutdown.notified() => return,
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(target: "cache_runtime::connection", error = %e, "L1 invalidation channel cannot subscribe");
-            }
-            Err(_) => {
-                tracing::debug!(target: "cache_runtime::connection", "L1 invalidation channel: connect timed out");
-            }
-        }
-        let Some(l1_now) = l1.upgrade() else { return };
-        if l1_now.healthy.swap(false, Ordering::AcqRel) {
-            tracing::warn!(target: "cache_runtime::connection", "L1 invalidation channel down: L1 disabled until it is back");
-        }
-        l1_now.invalidate_all();
-        drop(l1_now);
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            () = shutdown.notified() => return,
-        }
+    fn ended(&self) {
+        self.listening.store(false, Ordering::Release);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU64;
+
     use super::*;
 
     fn healthy_with(config: &L1Config) -> L1 {
-        let l1 = L1::new(config, "p");
+        let l1 = L1::new(config);
         l1.healthy.store(true, Ordering::Release);
         l1
     }
@@ -593,7 +465,7 @@ mod tests {
     fn a_read_that_raced_an_invalidation_does_not_fill() {
         let l1 = healthy();
         let t = l1.ticket("k");
-        l1.apply(&keys_message(["k"]));
+        l1.invalidate(Invalidated::Key("k"));
         l1.fill("k", Arc::from(&b"old"[..]), Duration::from_secs(5), &t);
         assert!(l1.get("k").is_none());
     }
@@ -605,10 +477,10 @@ mod tests {
             let t = l1.ticket(k);
             l1.fill(k, Arc::from(&b"v"[..]), Duration::from_secs(5), &t);
         }
-        l1.apply(&keys_message(["p:a:1"]));
+        l1.invalidate(Invalidated::Key("p:a:1"));
         assert!(l1.get("p:a:1").is_none());
         assert!(l1.get("p:a:2").is_some());
-        l1.apply(&prefix_message("p:a:"));
+        l1.invalidate(Invalidated::Prefix("p:a:"));
         assert!(l1.get("p:a:2").is_none());
         assert!(l1.get("p:b:1").is_some());
         l1.invalidate_matching(|k| k.ends_with(":1"));
@@ -663,7 +535,7 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_used_by_entries() {
         let config = L1Config {
-            max_entries: 4,
+            max_entries: NonZeroU64::new(4).unwrap(),
             ..L1Config::default()
         };
         let l1 = healthy_with(&config);
@@ -695,8 +567,8 @@ mod tests {
     #[test]
     fn evicts_by_bytes() {
         let config = L1Config {
-            max_entries: 100,
-            max_bytes: 100,
+            max_entries: NonZeroU64::new(100).unwrap(),
+            max_bytes: NonZeroU64::new(100).unwrap(),
             ..L1Config::default()
         };
         let l1 = healthy_with(&config);
@@ -717,8 +589,8 @@ mod tests {
     #[test]
     fn budgets_hold_across_shards() {
         let config = L1Config {
-            max_entries: 10_000,
-            max_bytes: 64 * 1024,
+            max_entries: NonZeroU64::new(10_000).unwrap(),
+            max_bytes: NonZeroU64::new(64 * 1024).unwrap(),
             ..L1Config::default()
         };
         let l1 = healthy_with(&config);
@@ -741,8 +613,8 @@ mod tests {
     #[test]
     fn concurrent_gets_and_fills_stay_bounded() {
         let config = L1Config {
-            max_entries: 256,
-            max_bytes: 16 * 1024,
+            max_entries: NonZeroU64::new(256).unwrap(),
+            max_bytes: NonZeroU64::new(16 * 1024).unwrap(),
             ..L1Config::default()
         };
         let l1 = Arc::new(healthy_with(&config));

@@ -42,10 +42,13 @@
 //! `cache_runtime::store`.
 #![warn(missing_docs)]
 
-pub mod backend;
+mod backend;
+mod cache;
 pub mod cli;
 pub mod codec;
 pub mod config;
+mod counters;
+mod engine;
 pub mod error;
 mod fasthash;
 mod flight;
@@ -55,18 +58,21 @@ pub mod health;
 pub mod http;
 pub mod key;
 mod l1;
+mod manual;
 mod namespace;
 pub mod service;
-mod store;
 
 #[doc(hidden)]
 pub mod __private;
 
 pub use backend::{KeyTtl, PoolStats};
+pub use cache::Cache;
+pub use cache_grammar::NameError;
 pub use cache_macros::{cache_result, cache_user_specific};
 pub use codec::CodecKind;
 pub use config::{CacheConfig, CacheConfigBuilder, CertReqs, ConfigError};
+pub use counters::NamespaceCounters;
 pub use error::CacheError;
-pub use global::{global, init};
+pub use global::{global, init, with_cache};
+pub use manual::NamespaceCache;
 pub use namespace::Namespace;
-pub use store::{Cache, NamespaceCache, NamespaceCounters};

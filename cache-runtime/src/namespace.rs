@@ -38,13 +38,16 @@ impl Namespace {
         Self::GENERAL,
     ];
 
-    /// A namespace from 1 to 64 characters of `[a-z0-9_-]`, not starting with `__`.
+    /// A namespace from 1 to 64 characters of `[a-z0-9_-]`, not starting with `__`: the
+    /// grammar the attributes check at compile time (`cache_grammar::check_name`).
     pub fn new(name: impl Into<Cow<'static, str>>) -> Result<Self, CacheError> {
         let name = name.into();
-        if is_valid(&name) {
-            Ok(Self(name))
-        } else {
-            Err(CacheError::InvalidNamespace(name.into_owned()))
+        match cache_grammar::check_name(&name) {
+            Ok(()) => Ok(Self(name)),
+            Err(reason) => Err(CacheError::InvalidNamespace {
+                name: name.into_owned(),
+                reason,
+            }),
         }
     }
 
@@ -57,17 +60,6 @@ impl Namespace {
     pub fn default_ttl(&self, default: Duration) -> Duration {
         ttl_for(self.as_str(), default)
     }
-}
-
-/// Whether `name` is a valid namespace (`[a-z0-9_-]{1,64}`, not starting with `__`, which
-/// is reserved for the library's own keys such as user indexes).
-pub(crate) fn is_valid(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with("__")
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// TTL strategy of the seed: users 3600, ai 1800, trading 900, analytics 1800, else `default`.

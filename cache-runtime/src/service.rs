@@ -1,18 +1,19 @@
 //! The seed's domain API (`cache_service`): users, AI responses, trading data, and clearing
 //! one user's entries.
 //!
-//! Keys follow the seed exactly — `tradistry:users:user:123:profile`,
-//! `tradistry:ai:user:123:prompt:abc123`, `tradistry:trading:user:123:AAPL:quote` — with
-//! every caller-supplied segment escaped. Every user-scoped key is also listed in that
-//! user's index set, so clearing a user costs in proportion to that user's keys.
+//! Keys follow the seed's layout, with the user in a Redis Cluster hash tag so that all of
+//! one user's keys share a slot — `tradistry:users:{user:123}:profile`,
+//! `tradistry:ai:{user:123}:prompt:abc123`, `tradistry:trading:{user:123}:AAPL:quote` —
+//! with every caller-supplied segment escaped. Every user-scoped key is also listed in
+//! that user's index set, so clearing a user costs in proportion to that user's keys.
 
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::cache::Cache;
 use crate::error::CacheError;
 use crate::namespace::Namespace;
-use crate::store::Cache;
 
 /// Stable hash of an AI prompt, for [`CacheService::cache_ai_response`]: the first 128 bits
 /// of BLAKE3 over the UTF-8 bytes, as 32 lower-case hex characters. Stable across
@@ -73,8 +74,9 @@ impl CacheService {
         let key = keys.user_scoped(ns.as_str(), user_id, rest);
         let index = keys.user_index(user_id);
         let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(ns.as_str()));
+        let counters = self.cache.counters_for(ns.as_str());
         self.cache
-            .set_raw(ns.as_str(), &key, value, Some(ttl), Some(&index))
+            .write_value(&counters, &key, value, Some(ttl), Some(&index))
             .await
     }
 
@@ -85,10 +87,11 @@ impl CacheService {
         rest: &[&str],
     ) -> Result<Option<T>, CacheError> {
         let key = self.cache.keys().user_scoped(ns.as_str(), user_id, rest);
-        self.cache.get_raw(ns.as_str(), &key).await
+        let counters = self.cache.counters_for(ns.as_str());
+        self.cache.read_value(&counters, &key).await
     }
 
-    /// Stores user data (profile, preferences…) at `{prefix}:users:user:{id}:{data_type}`;
+    /// Stores user data (profile, preferences…) at `{prefix}:users:{user:<id>}:{data_type}`;
     /// `ttl: None` is 1 hour.
     pub async fn cache_user_data<T: Serialize + ?Sized>(
         &self,
@@ -110,7 +113,7 @@ impl CacheService {
         self.fetch(&Namespace::USERS, user_id, &[data_type]).await
     }
 
-    /// Stores an AI response at `{prefix}:ai:user:{id}:prompt:{prompt_hash}`; `ttl: None` is
+    /// Stores an AI response at `{prefix}:ai:{user:<id>}:prompt:{prompt_hash}`; `ttl: None` is
     /// 30 minutes. Hash prompts with [`prompt_hash`].
     pub async fn cache_ai_response<T: Serialize + ?Sized>(
         &self,
@@ -139,7 +142,7 @@ impl CacheService {
             .await
     }
 
-    /// Stores trading data at `{prefix}:trading:user:{id}:{symbol}:{data_type}`; `ttl: None`
+    /// Stores trading data at `{prefix}:trading:{user:<id>}:{symbol}:{data_type}`; `ttl: None`
     /// is 15 minutes.
     pub async fn cache_trading_data<T: Serialize + ?Sized>(
         &self,

@@ -404,17 +404,17 @@ async fn user_specific_keys_carry_the_user_segment() {
     assert_eq!(REPORT_RUNS.load(SeqCst), 2, "one entry per user");
 
     let key = generate_user_report_cache_key("123", "weekly").unwrap_or_default();
-    assert!(key.starts_with("tradistry:users:user:123:"), "{key}");
+    assert!(key.starts_with("tradistry:users:{user:123}:"), "{key}");
     assert!(key.contains("::generate_user_report:v1:"), "{key}");
     let hostile = generate_user_report_cache_key("a:b*", "weekly").unwrap_or_default();
     assert!(
-        hostile.starts_with("tradistry:users:user:a%3Ab%2A:"),
+        hostile.starts_with("tradistry:users:{user:a%3Ab%2A}:"),
         "the user id is escaped: {hostile}"
     );
 
     assert_eq!(summary(7, "rust".into()).await, "7:rust");
     let key = summary_cache_key(&7, &"rust".to_owned()).unwrap_or_default();
-    assert!(key.starts_with("tradistry:ai:user:7:"), "{key}");
+    assert!(key.starts_with("tradistry:ai:{user:7}:"), "{key}");
     assert!(matches!(
         summary_invalidate(&7, &"rust".to_owned()).await,
         Ok(true)
@@ -524,7 +524,7 @@ mod golden {
 /// Pinned: a change here changes every stored key of decorated functions (the key layout,
 /// the signature fingerprint, or the argument hash). Bump deliberately, never by accident.
 const GOLDEN_METRICS_KEY: &str =
-    "tradistry:analytics:macro_behaviour::golden::metrics:v1:e69d5b41cfaa78f6694c5b6918d7a779";
+    "tradistry:analytics:macro_behaviour::golden::metrics:v1:cd673f11efa1ce037d275acf95ad6409";
 
 #[tokio::test]
 async fn golden_key_vector() {

@@ -530,20 +530,23 @@ async fn exercise(server: &ServerProcess, redis: Option<&RedisServer>) {
         let keys = keyspace(redis);
         let names: Vec<&String> = keys.keys().collect();
         for key in [
-            "tradistry:trading:user:user_1:AAPL:quote".to_owned(),
-            format!("tradistry:ai:user:user_1:prompt:{}", prompt_hash(MESSAGE)),
-            "tradistry:trading:user:user_2:MSFT:quote".to_owned(),
+            "tradistry:trading:{user:user_1}:AAPL:quote".to_owned(),
+            format!(
+                "tradistry:ai:{{user:user_1}}:prompt:{}",
+                prompt_hash(MESSAGE)
+            ),
+            "tradistry:trading:{user:user_2}:MSFT:quote".to_owned(),
             "tradistry:__index:{user:user_1}".to_owned(),
         ] {
             assert!(keys.contains_key(&key), "no {key} in Redis: {names:#?}");
         }
         let perf_keys = names
             .iter()
-            .filter(|k| k.starts_with("tradistry:analytics:user:user_1:"))
+            .filter(|k| k.starts_with("tradistry:analytics:{user:user_1}:"))
             .count();
         assert_eq!(
             perf_keys, 2,
-            "30d and 7d performance of user_1 are cached under tradistry:analytics:user:user_1:…: {names:#?}"
+            "30d and 7d performance of user_1 are cached under tradistry:analytics:{{user:user_1}}:…: {names:#?}"
         );
         assert!(
             !names
@@ -580,11 +583,11 @@ async fn exercise(server: &ServerProcess, redis: Option<&RedisServer>) {
         let keys = keyspace(redis);
         let names: Vec<&String> = keys.keys().collect();
         assert!(
-            !names.iter().any(|k| k.contains(":user:user_1:")),
+            !names.iter().any(|k| k.contains(":{user:user_1}:")),
             "user_1's keys are gone: {names:#?}"
         );
         assert!(
-            keys.contains_key("tradistry:trading:user:user_2:MSFT:quote"),
+            keys.contains_key("tradistry:trading:{user:user_2}:MSFT:quote"),
             "user_2's keys stay: {names:#?}"
         );
     }

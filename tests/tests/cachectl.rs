@@ -91,7 +91,7 @@ fn closed_port() -> u16 {
 
 fn unreachable_config() -> CacheConfig {
     CacheConfig::builder()
-        .url(&format!("redis://127.0.0.1:{}", closed_port()))
+        .url(format!("redis://127.0.0.1:{}", closed_port()))
         .connect_timeout(Duration::from_secs(1))
         .socket_timeout(Duration::from_secs(2))
         .build()
@@ -504,7 +504,7 @@ async fn seed_users(server: &RedisServer) {
 fn u1_keys(ks: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
     let keys: Vec<String> = ks
         .keys()
-        .filter(|k| k.contains(":user:u1:") || k.as_str() == "tradistry:__index:{user:u1}")
+        .filter(|k| k.contains(":{user:u1}:") || k.as_str() == "tradistry:__index:{user:u1}")
         .cloned()
         .collect();
     assert_eq!(keys.len(), 4, "3 entries and the index of u1: {ks:#?}");
@@ -541,11 +541,11 @@ async fn clear_user_deletes_only_that_users_keys() {
     assert_eq!(o.json()["cleared"], 3, "{o:#?}");
     let last = keyspace(&server);
     assert!(
-        last.keys().any(|k| k.contains(":user:u2:")),
+        last.keys().any(|k| k.contains(":{user:u2}:")),
         "u2 survives clearing u*: {last:#?}"
     );
     assert!(
-        last.keys().any(|k| k.contains(":user:u1x:")),
+        last.keys().any(|k| k.contains(":{user:u1x}:")),
         "u1x survives: {last:#?}"
     );
     assert_eq!(last.len(), after.len() - 4, "{last:#?}");

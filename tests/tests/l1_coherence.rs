@@ -9,7 +9,7 @@ use cache_tests::RedisServer;
 
 fn l1_cache(server: &RedisServer) -> Cache {
     let config = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .l1(true)
         .connect_timeout(Duration::from_secs(2))
         .socket_timeout(Duration::from_secs(2))

@@ -115,7 +115,7 @@ fn setup(server: &RedisServer) -> MutexGuard<'static, ()> {
     let proxy = PROXY.get_or_init(|| {
         let proxy = block_on(Proxy::start("127.0.0.1:0", upstream));
         let config = CacheConfig::builder()
-            .url(&format!("redis://{}", proxy.addr()))
+            .url(format!("redis://{}", proxy.addr()))
             .socket_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2))
             .max_value_bytes(MAX_VALUE_BYTES)
@@ -366,6 +366,11 @@ fn hostile_ids_symbols_and_data_types_never_touch_other_keys() {
             "tradistry:users:user:*",
             "tradistry:users:user:",
             "tradistry:users:user:a:b",
+            "tradistry:users:{user:a}",
+            "tradistry:users:{user:*}",
+            "tradistry:users:{user:}",
+            "tradistry:users:{user:a}:b",
+            "tradistry:users:{user:a}b:c",
             "tradistry:trading:*",
             "tradistry:__index:{user:a}x",
             "other",
@@ -402,7 +407,7 @@ fn hostile_ids_symbols_and_data_types_never_touch_other_keys() {
         let after = snapshot(&server);
         let d = diff(&before, &after);
         let index = keys.user_index(id);
-        let user_part = format!(":user:{}:", escape_segment(id));
+        let user_part = format!(":{{user:{}}}:", escape_segment(id));
         let quote_key = quote_cache_key(symbol).unwrap();
         assert!(
             d.removed.is_empty(),
@@ -523,7 +528,7 @@ fn hostile_ids_symbols_and_data_types_never_touch_other_keys() {
     assert!(
         d.added
             .iter()
-            .all(|k| k.starts_with(&quote_prefix) && !k.contains(":user:")),
+            .all(|k| k.starts_with(&quote_prefix) && !k.contains(":{user:")),
         "{:?}",
         d.added
     );
@@ -764,6 +769,7 @@ fn property_random_ids_and_values_are_isolated_and_round_trip() {
             .unwrap();
     });
     raw_set(&server, "tradistry:users:user:*", b"foreign");
+    raw_set(&server, "tradistry:users:{user:*}", b"foreign");
     let baseline = snapshot(&server);
 
     let strategy = (

@@ -94,7 +94,7 @@ async fn checked_call(ticket: u64) -> Result<(), String> {
 fn redis_killed_and_restarted_under_load() {
     let mut server = RedisServer::plain();
     let config = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .connect_timeout(Duration::from_secs(1))
         .socket_timeout(Duration::from_secs(1))
         .build()

@@ -56,7 +56,7 @@ fn setup(server: &RedisServer) -> MutexGuard<'static, ()> {
     let proxy = PROXY.get_or_init(|| {
         let proxy = block_on(Proxy::start("127.0.0.1:0", upstream));
         let config = CacheConfig::builder()
-            .url(&format!("redis://{}", proxy.addr()))
+            .url(format!("redis://{}", proxy.addr()))
             .socket_timeout(SOCKET_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()

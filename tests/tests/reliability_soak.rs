@@ -122,7 +122,7 @@ fn soak_with_one_percent_injected_faults() {
     let total = calls();
     let server = RedisServer::plain();
     let config = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .connect_timeout(Duration::from_secs(2))
         .socket_timeout(Duration::from_secs(2))
         .build()

@@ -66,7 +66,7 @@ fn unreachable_at_start_then_caching_resumes_without_a_restart() {
     let mut server = RedisServer::plain();
     server.stop();
     let config = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .connect_timeout(Duration::from_secs(1))
         .socket_timeout(Duration::from_secs(1))
         .build()

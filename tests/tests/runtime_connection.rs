@@ -374,7 +374,7 @@ async fn mutual_tls_needs_the_client_certificate() {
 
     // A certificate without its key (or the reverse) is a configuration error.
     let err = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .client_cert(server.client_cert_path(), "/nonexistent/client.key")
         .build()
         .unwrap_err();

@@ -47,7 +47,7 @@ async fn small_gets(cache: &Cache, min: usize, keep_going: impl Fn() -> bool) ->
 async fn small_gets_are_not_stuck_behind_32_mib_transfers() {
     let server = RedisServer::plain();
     let config = CacheConfig::builder()
-        .url(&server.url())
+        .url(server.url())
         .max_value_bytes(64 * 1024 * 1024)
         .socket_timeout(Duration::from_secs(30))
         .build()

@@ -49,7 +49,7 @@ impl Fixture {
             return builder;
         };
         let builder = builder
-            .url(&server.url())
+            .url(server.url())
             .socket_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(5))
             .l1(self.l1);
@@ -600,11 +600,11 @@ async fn invalid_namespace_is_rejected(f: Fixture) {
         too_long.as_str(),
     ] {
         match cache.namespace(bad) {
-            Err(CacheError::InvalidNamespace(name)) => assert_eq!(name, bad),
+            Err(CacheError::InvalidNamespace { name, .. }) => assert_eq!(name, bad),
             other => panic!("namespace({bad:?}) gave {other:?}"),
         }
         match cache.clear_namespace(bad).await {
-            Err(CacheError::InvalidNamespace(name)) => assert_eq!(name, bad),
+            Err(CacheError::InvalidNamespace { name, .. }) => assert_eq!(name, bad),
             other => panic!("clear_namespace({bad:?}) gave {other:?}"),
         }
     }
@@ -777,11 +777,11 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
         assert_eq!(
             keys_of(&ks),
             BTreeSet::from([
-                "tradistry:users:user:123:profile".to_owned(),
+                "tradistry:users:{user:123}:profile".to_owned(),
                 index.to_owned()
             ])
         );
-        let stored = &ks["tradistry:users:user:123:profile"];
+        let stored = &ks["tradistry:users:{user:123}:profile"];
         assert_eq!(CodecKind::Bincode.decode::<String>(stored).unwrap(), "John");
         assert_eq!(ks[index], b"zset".to_vec());
     }
@@ -804,10 +804,10 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
     if let Some(mut raw) = f.raw() {
         let ks = f.keyspace().unwrap();
         let expected: BTreeSet<String> = [
-            "tradistry:users:user:123:profile".to_owned(),
-            "tradistry:ai:user:123:prompt:abc123".to_owned(),
-            "tradistry:trading:user:123:AAPL:quote".to_owned(),
-            format!("tradistry:ai:user:456:prompt:{hash}"),
+            "tradistry:users:{user:123}:profile".to_owned(),
+            "tradistry:ai:{user:123}:prompt:abc123".to_owned(),
+            "tradistry:trading:{user:123}:AAPL:quote".to_owned(),
+            format!("tradistry:ai:{{user:456}}:prompt:{hash}"),
             index.to_owned(),
             "tradistry:__index:{user:456}".to_owned(),
         ]
@@ -815,9 +815,9 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
         assert_eq!(keys_of(&ks), expected);
         // The seed's TTL strategy.
         for (key, secs) in [
-            ("tradistry:users:user:123:profile", 3600),
-            ("tradistry:ai:user:123:prompt:abc123", 1800),
-            ("tradistry:trading:user:123:AAPL:quote", 900),
+            ("tradistry:users:{user:123}:profile", 3600),
+            ("tradistry:ai:{user:123}:prompt:abc123", 1800),
+            ("tradistry:trading:{user:123}:AAPL:quote", 900),
         ] {
             let ms = pttl(&mut raw, key);
             assert!(
@@ -836,9 +836,9 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
         assert_eq!(
             members,
             [
-                "tradistry:ai:user:123:prompt:abc123",
-                "tradistry:trading:user:123:AAPL:quote",
-                "tradistry:users:user:123:profile",
+                "tradistry:ai:{user:123}:prompt:abc123",
+                "tradistry:trading:{user:123}:AAPL:quote",
+                "tradistry:users:{user:123}:profile",
             ]
         );
         let ms = pttl(&mut raw, index);
@@ -935,8 +935,8 @@ async fn clear_user_cache_scopes(f: Fixture) {
         assert_eq!(
             removed,
             BTreeSet::from([
-                "tradistry:users:user:123:profile".to_owned(),
-                "tradistry:users:user:123:preferences".to_owned(),
+                "tradistry:users:{user:123}:profile".to_owned(),
+                "tradistry:users:{user:123}:preferences".to_owned(),
             ])
         );
         assert!(keys_of(&after).is_subset(&keys_of(&before)));
@@ -969,8 +969,8 @@ async fn clear_user_cache_scopes(f: Fixture) {
         assert_eq!(
             removed,
             BTreeSet::from([
-                "tradistry:ai:user:123:prompt:h1".to_owned(),
-                "tradistry:trading:user:123:AAPL:quote".to_owned(),
+                "tradistry:ai:{user:123}:prompt:h1".to_owned(),
+                "tradistry:trading:{user:123}:AAPL:quote".to_owned(),
                 "tradistry:__index:{user:123}".to_owned(),
             ])
         );
@@ -1023,6 +1023,9 @@ async fn hostile_user_ids_never_touch_other_users(f: Fixture) {
         for k in [
             "tradistry:users:user:a",
             "tradistry:users:user:abc:x",
+            "tradistry:users:{user:a}",
+            "tradistry:users:{user:abc}:x",
+            "tradistry:users:{user:a}x:y",
             "other",
         ] {
             redis::cmd("SET")
@@ -1070,7 +1073,7 @@ async fn hostile_user_ids_never_touch_other_users(f: Fixture) {
                 .collect();
             assert_eq!(removed.len(), 1, "id {id:?} removed {removed:?}");
             assert!(
-                removed[0].starts_with("tradistry:users:user:"),
+                removed[0].starts_with("tradistry:users:{user:"),
                 "{removed:?}"
             );
             assert!(

@@ -29,14 +29,14 @@ fn members(server: &RedisServer, index: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_members_are_pruned_and_live_ones_kept() {
     let server = RedisServer::plain();
-    let cache = Cache::new(CacheConfig::builder().url(&server.url()).build().unwrap()).unwrap();
+    let cache = Cache::new(CacheConfig::builder().url(server.url()).build().unwrap()).unwrap();
     let service = CacheService::new(cache.clone());
     let index = "tradistry:__index:{user:u1}";
 
     // History: prompts answered long ago (their keys expired two and ten minutes ago).
     for (member, age_ms) in [
-        ("tradistry:ai:user:u1:prompt:old1", 120_000u64),
-        ("tradistry:ai:user:u1:prompt:old2", 600_000),
+        ("tradistry:ai:{user:u1}:prompt:old1", 120_000u64),
+        ("tradistry:ai:{user:u1}:prompt:old2", 600_000),
     ] {
         redis::cmd("ZADD")
             .arg(index)
@@ -49,7 +49,7 @@ async fn expired_members_are_pruned_and_live_ones_kept() {
     redis::cmd("ZADD")
         .arg(index)
         .arg(now_ms() - 1_000)
-        .arg("tradistry:ai:user:u1:prompt:recent")
+        .arg("tradistry:ai:{user:u1}:prompt:recent")
         .exec(&mut raw_client(&server))
         .unwrap();
     service
@@ -60,8 +60,8 @@ async fn expired_members_are_pruned_and_live_ones_kept() {
     assert_eq!(
         members(&server, index),
         [
-            "tradistry:ai:user:u1:prompt:live",
-            "tradistry:ai:user:u1:prompt:recent"
+            "tradistry:ai:{user:u1}:prompt:live",
+            "tradistry:ai:{user:u1}:prompt:recent"
         ]
     );
     // The index expires with its longest-lived member.

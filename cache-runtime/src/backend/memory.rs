@@ -5,14 +5,18 @@
 //! and honoured on read. Semantics follow Redis for every operation the runtime uses.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 use moka::policy::Expiry;
 use moka::sync::Cache;
 
-use super::KeyTtl;
+use super::invalidation::Sink;
+use super::{
+    human_bytes, namespace_of, Bytes, Endpoint, KeyTtl, MemoryFacts, NamespaceCount, PoolStats,
+    ScanBudget, ServerFacts, Store, Write,
+};
 use crate::config::MemoryConfig;
 use crate::error::CacheError;
 
@@ -49,15 +53,23 @@ pub(crate) struct MemoryBackend {
     cache: Cache<String, Entry>,
     indexes: Indexes,
     config: MemoryConfig,
+    started: Instant,
 }
 
 impl MemoryBackend {
     pub(crate) fn new(config: &MemoryConfig) -> Self {
-        let min_weight = (config.max_bytes / config.max_entries.max(1)).max(1);
+        tracing::info!(
+            target: "cache_runtime::connection",
+            max_entries = config.max_entries,
+            max_bytes = config.max_bytes,
+            "no REDIS_URL or REDIS_HOST set: using the embedded in-process cache (not shared between processes)"
+        );
+        let (max_entries, max_bytes) = (config.max_entries.get(), config.max_bytes.get());
+        let min_weight = (max_bytes / max_entries).max(1);
         let indexes: Indexes = Arc::default();
         let listener_indexes = Arc::clone(&indexes);
         let cache = Cache::builder()
-            .max_capacity(config.max_bytes)
+            .max_capacity(max_bytes)
             .weigher(move |key: &String, entry: &Entry| {
                 let bytes = (key.len() + entry.value.len()) as u64;
                 u32::try_from(bytes.max(min_weight)).unwrap_or(u32::MAX)
@@ -85,11 +97,8 @@ impl MemoryBackend {
             cache,
             indexes,
             config: config.clone(),
+            started: Instant::now(),
         }
-    }
-
-    pub(crate) fn config(&self) -> &MemoryConfig {
-        &self.config
     }
 
     fn live(&self, key: &str) -> Option<Entry> {
@@ -112,11 +121,11 @@ impl MemoryBackend {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+    fn get_now(&self, key: &str) -> Option<Arc<[u8]>> {
         self.live(key).map(|e| e.value)
     }
 
-    pub(crate) fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>, index: Option<&str>) {
+    fn set_now(&self, key: &str, value: &[u8], ttl: Option<Duration>, index: Option<&str>) {
         let index: Option<Arc<str>> = index.map(Arc::from);
         if let Some(index) = &index {
             self.indexes
@@ -137,15 +146,15 @@ impl MemoryBackend {
         );
     }
 
-    pub(crate) fn delete(&self, key: &str) -> bool {
+    fn delete_now(&self, key: &str) -> bool {
         self.live(key).is_some() && self.cache.remove(key).is_some()
     }
 
-    pub(crate) fn exists(&self, key: &str) -> bool {
+    fn exists_now(&self, key: &str) -> bool {
         self.live(key).is_some()
     }
 
-    pub(crate) fn ttl(&self, key: &str) -> KeyTtl {
+    fn ttl_now(&self, key: &str) -> KeyTtl {
         match self.live(key) {
             None => KeyTtl::Missing,
             Some(Entry {
@@ -159,7 +168,7 @@ impl MemoryBackend {
     }
 
     /// INCRBY: a missing key starts at 0 without TTL; an existing TTL is kept.
-    pub(crate) fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+    fn incr_now(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
         let mut outcome: Result<i64, CacheError> = Ok(0);
         let now = Instant::now();
         self.cache.entry_by_ref(key).and_compute_with(|current| {
@@ -202,7 +211,7 @@ impl MemoryBackend {
     }
 
     /// Deletes every key starting with `prefix`; returns how many existed.
-    pub(crate) fn clear_prefix(&self, prefix: &str) -> u64 {
+    fn clear_prefix_now(&self, prefix: &str) -> u64 {
         let now = Instant::now();
         let doomed: Vec<Arc<String>> = self
             .cache
@@ -218,7 +227,7 @@ impl MemoryBackend {
 
     /// Deletes the keys listed in a user index (those starting with `member_prefix` when
     /// given); returns how many existed.
-    pub(crate) fn clear_index(&self, index: &str, member_prefix: Option<&str>) -> u64 {
+    fn clear_index_now(&self, index: &str, member_prefix: Option<&str>) -> u64 {
         let members: Vec<String> = {
             let mut indexes = self.indexes.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(set) = indexes.get_mut(index) else {
@@ -240,33 +249,160 @@ impl MemoryBackend {
             }
             taken
         };
-        members.iter().filter(|k| self.delete(k)).count() as u64
+        members.iter().filter(|k| self.delete_now(k)).count() as u64
     }
 
     /// Entries and bytes held now (approximate until moka's pending work runs).
-    pub(crate) fn usage(&self) -> (u64, u64) {
+    fn usage_now(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.entry_count(), self.cache.weighted_size())
     }
 
     /// Live keys per namespace under `prefix` (`{prefix}{namespace}:…`): exact, the store
     /// is in this process.
-    pub(crate) fn namespaces(&self, prefix: &str) -> HashMap<String, u64> {
+    fn namespaces_now(&self, prefix: &str) -> HashMap<String, u64> {
         let now = Instant::now();
         let mut out = HashMap::new();
         for (key, entry) in self.cache.iter() {
             if entry.expires_at.is_some_and(|at| at <= now) {
                 continue;
             }
-            if let Some((ns, _)) = key
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.split_once(':'))
-            {
-                if crate::namespace::is_valid(ns) {
-                    *out.entry(ns.to_owned()).or_insert(0) += 1;
-                }
+            if let Some(ns) = namespace_of(&key, prefix) {
+                *out.entry(ns.to_owned()).or_insert(0) += 1;
             }
         }
         out
+    }
+}
+
+impl Store for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            shown: "embedded in-process store".to_owned(),
+            tls: false,
+        }
+    }
+
+    fn circuit_open(&self) -> bool {
+        false
+    }
+
+    fn last_fault(&self) -> Option<String> {
+        None
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+
+    fn busy(&self) -> bool {
+        // Nothing to share: every read is in this process.
+        false
+    }
+
+    async fn connect(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<Duration, CacheError> {
+        Ok(Duration::ZERO)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_now(key).map(Bytes::Shared))
+    }
+
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>, CacheError> {
+        Ok(self.live(key).map(|e| {
+            let ttl = e.expires_at.map_or(KeyTtl::Persistent, |at| {
+                KeyTtl::ExpiresIn(at.saturating_duration_since(Instant::now()))
+            });
+            (Bytes::Shared(e.value), ttl)
+        }))
+    }
+
+    async fn set(&self, write: Write<'_>) -> Result<(), CacheError> {
+        self.set_now(write.key, write.value, write.ttl, write.index);
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.delete_now(key))
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.exists_now(key))
+    }
+
+    async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
+        Ok(self.ttl_now(key))
+    }
+
+    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+        self.incr_now(key, amount)
+    }
+
+    async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+        Ok(self.clear_prefix_now(prefix))
+    }
+
+    async fn clear_index(
+        &self,
+        index: &str,
+        member_prefix: Option<&str>,
+    ) -> Result<u64, CacheError> {
+        Ok(self.clear_index_now(index, member_prefix))
+    }
+
+    async fn count_namespaces(
+        &self,
+        prefix: &str,
+        _budget: ScanBudget,
+    ) -> Result<NamespaceCount, CacheError> {
+        let (entries, _) = self.usage_now();
+        Ok(NamespaceCount {
+            by_namespace: self.namespaces_now(prefix),
+            scanned: entries,
+            complete: true,
+        })
+    }
+
+    async fn key_total(&self) -> Result<Option<u64>, CacheError> {
+        Ok(Some(self.usage_now().0))
+    }
+
+    async fn server_facts(&self) -> Result<ServerFacts, CacheError> {
+        Ok(ServerFacts {
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            mode: Some("embedded".to_owned()),
+            uptime_secs: Some(self.started.elapsed().as_secs()),
+            clients_connected: None,
+            clients_blocked: None,
+        })
+    }
+
+    async fn memory_facts(&self) -> Result<MemoryFacts, CacheError> {
+        let (_, bytes) = self.usage_now();
+        Ok(MemoryFacts {
+            used: Some(bytes),
+            used_human: Some(human_bytes(bytes)),
+            max: Some(self.config.max_bytes.get()),
+            policy: Some("tinylfu".to_owned()),
+        })
+    }
+
+    fn invalidation_mode(&self) -> Option<&'static str> {
+        // Every writer is in this process: there is nothing to hear about.
+        None
+    }
+
+    fn listen(&self, sink: Weak<dyn Sink>) {
+        if let Some(sink) = sink.upgrade() {
+            sink.ended();
+        }
     }
 }

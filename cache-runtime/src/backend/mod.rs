@@ -1,19 +1,23 @@
-//! Stores behind the cache: Redis (standalone, TLS) or the embedded in-process store.
+//! Stores behind the cache, behind one interface ([`Store`]): the embedded in-process store
+//! and Redis.
 //!
-//! Enum dispatch rather than a trait object: no boxing on the hot path, and every
-//! backend answers the same byte-level operations with Redis semantics.
+//! Nothing above this module knows which store it talks to: reads, writes, clears, key
+//! counts, server facts for health, pool statistics and the invalidation stream are all
+//! asked of the [`Backend`]. Dispatch is by enum rather than trait object (no boxed future
+//! on the hot path); adding a store means one module implementing [`Store`], one variant,
+//! and one line in [`dispatch!`].
 
-pub(crate) mod breaker;
-pub(crate) mod faults;
+pub(crate) mod invalidation;
 pub(crate) mod memory;
 pub(crate) mod redis;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-pub use self::redis::PoolStats;
 use crate::config::{BackendConfig, CacheConfig};
 use crate::error::CacheError;
+use invalidation::Sink;
 
 /// The remaining lifetime of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,12 +40,42 @@ impl KeyTtl {
             Self::ExpiresIn(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         }
     }
+
+    /// From Redis' `PTTL` reply: -2 missing, -1 no expiry, else milliseconds.
+    pub(crate) fn from_pttl(ms: i64) -> Self {
+        match ms {
+            -2 => Self::Missing,
+            -1 => Self::Persistent,
+            ms => Self::ExpiresIn(Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        }
+    }
+}
+
+/// Connection pool statistics for the health report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// `REDIS_CONNECTION_POOL_MAX_SIZE`.
+    pub max_connections: usize,
+    /// Connections opened so far.
+    pub created_connections: usize,
+    /// Connections that could take a request without sharing it: `max - busy`.
+    pub available_connections: usize,
 }
 
 /// A stored value as the backend returns it.
 pub(crate) enum Bytes {
     Owned(Vec<u8>),
     Shared(Arc<[u8]>),
+}
+
+impl Bytes {
+    pub(crate) fn into_shared(self) -> Arc<[u8]> {
+        match self {
+            Self::Shared(b) => b,
+            Self::Owned(v) => v.into(),
+        }
+    }
 }
 
 impl std::ops::Deref for Bytes {
@@ -54,120 +88,276 @@ impl std::ops::Deref for Bytes {
     }
 }
 
+/// One value to store.
+#[derive(Clone, Copy)]
+pub(crate) struct Write<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) value: &'a [u8],
+    pub(crate) ttl: Option<Duration>,
+    /// The user index that lists the key (user-scoped keys).
+    pub(crate) index: Option<&'a str>,
+}
+
+/// How long a key count may run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScanBudget {
+    pub(crate) max_keys: u64,
+    pub(crate) max_time: Duration,
+}
+
+/// Keys per namespace, from one bounded pass.
+#[derive(Default)]
+pub(crate) struct NamespaceCount {
+    pub(crate) by_namespace: HashMap<String, u64>,
+    /// Keys examined.
+    pub(crate) scanned: u64,
+    /// Whether the pass covered every key.
+    pub(crate) complete: bool,
+}
+
+/// What the store says about itself (health).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServerFacts {
+    pub(crate) version: Option<String>,
+    pub(crate) mode: Option<String>,
+    pub(crate) uptime_secs: Option<u64>,
+    pub(crate) clients_connected: Option<u64>,
+    pub(crate) clients_blocked: Option<u64>,
+}
+
+/// The store's memory (stats).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemoryFacts {
+    pub(crate) used: Option<u64>,
+    pub(crate) used_human: Option<String>,
+    pub(crate) max: Option<u64>,
+    pub(crate) policy: Option<String>,
+}
+
+/// Where the store is, for messages.
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    /// A URL without the password, or "embedded in-process store".
+    pub(crate) shown: String,
+    pub(crate) tls: bool,
+}
+
+/// What every store answers, with Redis semantics.
+pub(crate) trait Store: Send + Sync {
+    /// `"embedded"` or `"redis"`.
+    fn kind(&self) -> &'static str;
+    fn endpoint(&self) -> Endpoint;
+    /// Whether calls currently bypass the store after repeated failures.
+    fn circuit_open(&self) -> bool;
+    /// The last connection fault (health reports it while the breaker hides it).
+    fn last_fault(&self) -> Option<String>;
+    fn pool_stats(&self) -> Option<PoolStats>;
+    /// Whether requests are in flight, so that a read may share another's round trip.
+    fn busy(&self) -> bool;
+
+    async fn connect(&self) -> Result<(), CacheError>;
+    async fn ping(&self) -> Result<Duration, CacheError>;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
+    /// The value and its remaining lifetime, in one round trip (for filling an L1).
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>, CacheError>;
+    async fn set(&self, write: Write<'_>) -> Result<(), CacheError>;
+    /// Deletes; `true` when the key existed.
+    async fn delete(&self, key: &str) -> Result<bool, CacheError>;
+    async fn exists(&self, key: &str) -> Result<bool, CacheError>;
+    async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError>;
+    /// INCRBY; a missing key starts at 0.
+    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError>;
+    /// Deletes every key starting with `prefix`; returns how many.
+    async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError>;
+    /// Deletes the keys a user index lists (those starting with `member_prefix` when
+    /// given); returns how many existed.
+    async fn clear_index(
+        &self,
+        index: &str,
+        member_prefix: Option<&str>,
+    ) -> Result<u64, CacheError>;
+    /// Our keys per namespace (`{prefix}{namespace}:…`).
+    async fn count_namespaces(
+        &self,
+        prefix: &str,
+        budget: ScanBudget,
+    ) -> Result<NamespaceCount, CacheError>;
+    /// Keys in the database, ours or not.
+    async fn key_total(&self) -> Result<Option<u64>, CacheError>;
+    async fn server_facts(&self) -> Result<ServerFacts, CacheError>;
+    async fn memory_facts(&self) -> Result<MemoryFacts, CacheError>;
+
+    /// Whether the store can tell this process about writes made elsewhere (so an L1 may
+    /// sit in front of it), and how (`"pubsub"`).
+    fn invalidation_mode(&self) -> Option<&'static str>;
+    /// Starts feeding `sink` the invalidations of this store (see
+    /// `invalidation::Sink`).
+    fn listen(&self, sink: Weak<dyn Sink>);
+}
+
+/// The store of one cache.
+// One per cache, inside its `Arc`: the size difference costs nothing, boxing would cost
+// an indirection on every request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Backend {
     Memory(memory::MemoryBackend),
-    Redis(Arc<redis::RedisBackend>),
+    Redis(redis::RedisBackend),
+}
+
+/// Runs `$call` on whichever store `$backend` is: the one place that lists the variants.
+macro_rules! dispatch {
+    ($backend:expr, $store:ident => $call:expr) => {
+        match $backend {
+            Backend::Memory($store) => $call,
+            Backend::Redis($store) => $call,
+        }
+    };
 }
 
 impl Backend {
     pub(crate) fn new(config: &CacheConfig) -> Result<Self, CacheError> {
         Ok(match &config.backend {
             BackendConfig::Memory(m) => Self::Memory(memory::MemoryBackend::new(m)),
-            BackendConfig::Redis(r) => {
-                let channel = config
-                    .l1
-                    .as_ref()
-                    .map(|_| crate::l1::invalidation_channel(&config.key_prefix));
-                Self::Redis(Arc::new(redis::RedisBackend::new(r, channel)?))
-            }
+            BackendConfig::Redis(r) => Self::Redis(redis::RedisBackend::new(
+                r,
+                &config.key_prefix,
+                config.l1.is_some(),
+            )?),
         })
     }
+}
 
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Self::Memory(_) => "embedded",
-            Self::Redis(_) => "redis",
-        }
+impl Store for Backend {
+    fn kind(&self) -> &'static str {
+        dispatch!(self, s => s.kind())
     }
-
-    /// Whether calls currently bypass the store after repeated failures.
-    pub(crate) fn circuit_open(&self) -> bool {
-        match self {
-            Self::Redis(r) => r.circuit_open(),
-            Self::Memory(_) => false,
-        }
+    fn endpoint(&self) -> Endpoint {
+        dispatch!(self, s => s.endpoint())
     }
-
-    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.get(key).map(Bytes::Shared)),
-            Self::Redis(r) => Ok(r.get(key).await?.map(Bytes::Owned)),
-        }
+    fn circuit_open(&self) -> bool {
+        dispatch!(self, s => s.circuit_open())
     }
-
-    pub(crate) async fn set(
-        &self,
-        key: &str,
-        value: &[u8],
-        ttl: Option<Duration>,
-        index: Option<&str>,
-    ) -> Result<(), CacheError> {
-        match self {
-            Self::Memory(m) => {
-                m.set(key, value, ttl, index);
-                Ok(())
-            }
-            Self::Redis(r) => r.set(key, value, ttl, index).await,
-        }
+    fn last_fault(&self) -> Option<String> {
+        dispatch!(self, s => s.last_fault())
     }
-
-    pub(crate) async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.delete(key)),
-            Self::Redis(r) => r.delete(key).await,
-        }
+    fn pool_stats(&self) -> Option<PoolStats> {
+        dispatch!(self, s => s.pool_stats())
     }
-
-    pub(crate) async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.exists(key)),
-            Self::Redis(r) => r.exists(key).await,
-        }
+    fn busy(&self) -> bool {
+        dispatch!(self, s => s.busy())
     }
-
-    pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.ttl(key)),
-            Self::Redis(r) => r.ttl(key).await,
-        }
+    async fn connect(&self) -> Result<(), CacheError> {
+        dispatch!(self, s => s.connect().await)
     }
-
-    pub(crate) async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
-        match self {
-            Self::Memory(m) => m.incr(key, amount),
-            Self::Redis(r) => r.incr(key, amount).await,
-        }
+    async fn ping(&self) -> Result<Duration, CacheError> {
+        dispatch!(self, s => s.ping().await)
     }
-
-    pub(crate) async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.clear_prefix(prefix)),
-            Self::Redis(r) => r.clear_prefix(prefix).await,
-        }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        dispatch!(self, s => s.get(key).await)
     }
-
-    pub(crate) async fn clear_index(
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>, CacheError> {
+        dispatch!(self, s => s.get_with_ttl(key).await)
+    }
+    async fn set(&self, write: Write<'_>) -> Result<(), CacheError> {
+        dispatch!(self, s => s.set(write).await)
+    }
+    async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        dispatch!(self, s => s.delete(key).await)
+    }
+    async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        dispatch!(self, s => s.exists(key).await)
+    }
+    async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
+        dispatch!(self, s => s.ttl(key).await)
+    }
+    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+        dispatch!(self, s => s.incr(key, amount).await)
+    }
+    async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
+        dispatch!(self, s => s.clear_prefix(prefix).await)
+    }
+    async fn clear_index(
         &self,
         index: &str,
         member_prefix: Option<&str>,
     ) -> Result<u64, CacheError> {
-        match self {
-            Self::Memory(m) => Ok(m.clear_index(index, member_prefix)),
-            Self::Redis(r) => r.clear_index(index, member_prefix).await,
-        }
+        dispatch!(self, s => s.clear_index(index, member_prefix).await)
+    }
+    async fn count_namespaces(
+        &self,
+        prefix: &str,
+        budget: ScanBudget,
+    ) -> Result<NamespaceCount, CacheError> {
+        dispatch!(self, s => s.count_namespaces(prefix, budget).await)
+    }
+    async fn key_total(&self) -> Result<Option<u64>, CacheError> {
+        dispatch!(self, s => s.key_total().await)
+    }
+    async fn server_facts(&self) -> Result<ServerFacts, CacheError> {
+        dispatch!(self, s => s.server_facts().await)
+    }
+    async fn memory_facts(&self) -> Result<MemoryFacts, CacheError> {
+        dispatch!(self, s => s.memory_facts().await)
+    }
+    fn invalidation_mode(&self) -> Option<&'static str> {
+        dispatch!(self, s => s.invalidation_mode())
+    }
+    fn listen(&self, sink: Weak<dyn Sink>) {
+        dispatch!(self, s => s.listen(sink))
+    }
+}
+
+/// Parses `INFO` text into `field -> value`.
+pub(crate) fn parse_info(text: &str) -> HashMap<&str, &str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.trim_end().split_once(':'))
+        .collect()
+}
+
+/// Bytes as Redis' `used_memory_human` shows them.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.2}{}", UNITS[unit])
+    }
+}
+
+/// The namespace of one of our keys, when it is one (`{prefix}{namespace}:…`).
+pub(crate) fn namespace_of<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    let (ns, _) = key.strip_prefix(prefix)?.split_once(':')?;
+    cache_grammar::check_name(ns).is_ok().then_some(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(5 * 1024 * 1024 + 200 * 1024), "5.20M");
     }
 
-    pub(crate) async fn connect(&self) -> Result<(), CacheError> {
-        match self {
-            Self::Memory(_) => Ok(()),
-            Self::Redis(r) => r.connect().await,
-        }
+    #[test]
+    fn info_parsing_ignores_sections() {
+        let f = parse_info("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n");
+        assert_eq!(f.get("redis_version"), Some(&"7.0.15"));
+        assert_eq!(f.get("redis_mode"), Some(&"standalone"));
     }
 
-    pub(crate) async fn ping(&self) -> Result<Duration, CacheError> {
-        match self {
-            Self::Memory(_) => Ok(Duration::ZERO),
-            Self::Redis(r) => r.ping().await,
-        }
+    #[test]
+    fn namespaces_of_keys() {
+        assert_eq!(namespace_of("p:users:x", "p:"), Some("users"));
+        assert_eq!(namespace_of("p:__index:{user:1}", "p:"), None);
+        assert_eq!(namespace_of("q:users:x", "p:"), None);
     }
 }

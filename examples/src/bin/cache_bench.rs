@@ -326,7 +326,7 @@ async fn clear_user(
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg("tradistry:users:user:bench_user_1:*")
+            .arg("tradistry:users:{user:bench_user_1}:*")
             .arg("COUNT")
             .arg(1000)
             .query_async(conn)

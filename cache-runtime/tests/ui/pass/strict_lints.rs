@@ -61,7 +61,7 @@ async fn run() {
     assert_eq!(Svc.method(1).await, [1]);
     assert!(metrics_cache_key("ab", "cd").is_some());
     assert_eq!(metrics_invalidate("ab", "cd").await.ok(), Some(true));
-    assert!(report_cache_key(&1, &2).is_some_and(|k| k.contains(":user:1:")));
+    assert!(report_cache_key(&1, &2).is_some_and(|k| k.contains(":{user:1}:")));
     assert_eq!(report_invalidate(&1, &2).await.ok(), Some(true));
     assert!(generic_cache_key(&1u8, &2).is_some());
     assert_eq!(generic_invalidate(&1u8, &2).await.ok(), Some(true));

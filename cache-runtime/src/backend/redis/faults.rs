@@ -1,4 +1,5 @@
-//! Fault injection for soak tests: a share of Redis operations fails before being sent.
+//! Fault injection for soak tests (feature `testing`): a share of Redis operations fails
+//! before being sent.
 //! Off (one relaxed atomic load per operation) unless a test turns it on through
 //! `__private::testing`.
 

@@ -1,0 +1,229 @@
+//! Invalidations over a pub/sub channel: the first implementation of the invalidation
+//! seam (`backend/invalidation.rs`).
+//!
+//! Every store, delete and clear of any process is announced on `{prefix}:__invalidate`,
+//! pipelined with the write itself (no extra round trip); each process subscribes and feeds
+//! its L1. Messages: `k\0key[\0key…]` (keys) or `p\0prefix` (every key under a prefix).
+//! A heartbeat PING through the subscribed connection proves it alive, so a silent
+//! connection (NAT timeout, failover) is noticed within [`HEARTBEAT`] plus the connect
+//! timeout.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use crate::backend::invalidation::{Invalidated, Sink};
+
+/// Message kinds.
+const KEYS: u8 = b'k';
+const PREFIX: u8 = b'p';
+
+/// How often the subscription proves it is alive.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// The channel, and how to announce on it and listen to it.
+pub(crate) struct PubSub {
+    channel: String,
+    client: redis::Client,
+    connect_timeout: Duration,
+}
+
+/// The channel of invalidation messages for keys under `key_prefix`.
+pub(crate) fn channel(key_prefix: &str) -> String {
+    format!("{key_prefix}:__invalidate")
+}
+
+impl PubSub {
+    pub(crate) fn new(key_prefix: &str, client: redis::Client, connect_timeout: Duration) -> Self {
+        Self {
+            channel: channel(key_prefix),
+            client,
+            connect_timeout,
+        }
+    }
+
+    /// Appends the announcement that `keys` changed to `pipe`.
+    pub(crate) fn announce_keys<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut message = vec![KEYS];
+        for key in keys {
+            message.push(0);
+            message.extend_from_slice(key.as_bytes());
+        }
+        pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
+    }
+
+    /// Appends the announcement that every key under `prefix` changed to `pipe`.
+    pub(crate) fn announce_prefix(&self, pipe: &mut redis::Pipeline, prefix: &str) {
+        let mut message = vec![PREFIX, 0];
+        message.extend_from_slice(prefix.as_bytes());
+        pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
+    }
+
+    /// Starts listening for `sink` in the current Tokio runtime; with none, tells the sink
+    /// it ended (a later call from inside a runtime starts it).
+    pub(crate) fn listen(&self, sink: Weak<dyn Sink>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            if let Some(sink) = sink.upgrade() {
+                sink.ended();
+            }
+            return;
+        };
+        handle.spawn(listen(
+            sink,
+            self.client.clone(),
+            self.channel.clone(),
+            self.connect_timeout,
+        ));
+    }
+}
+
+/// Applies one message to the sink.
+fn apply(sink: &dyn Sink, payload: &[u8]) {
+    let mut parts = payload.split(|b| *b == 0);
+    match parts.next() {
+        Some([KEYS]) => {
+            for key in parts {
+                if let Ok(key) = std::str::from_utf8(key) {
+                    sink.invalidate(Invalidated::Key(key));
+                }
+            }
+        }
+        Some([PREFIX]) => match parts.next().map(std::str::from_utf8) {
+            Some(Ok(prefix)) => sink.invalidate(Invalidated::Prefix(prefix)),
+            _ => sink.invalidate(Invalidated::All),
+        },
+        // Unknown message: be safe.
+        _ => sink.invalidate(Invalidated::All),
+    }
+}
+
+/// Tells the sink the stream is down and the listener gone, however the listener ends:
+/// error, the sink dropped, or its runtime dropped mid-await.
+struct Ended(Weak<dyn Sink>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.upgrade() {
+            sink.down();
+            sink.ended();
+        }
+    }
+}
+
+async fn listen(
+    sink: Weak<dyn Sink>,
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+) {
+    use futures_util::StreamExt as _;
+    let _ended = Ended(sink.clone());
+    let mut was_up = false;
+    loop {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(connect_timeout, subscribed).await {
+            Ok(Ok(pubsub)) => {
+                let Some(s) = sink.upgrade() else { return };
+                s.up();
+                drop(s);
+                was_up = true;
+                tracing::debug!(target: "cache_runtime::connection", channel, "L1 invalidation channel up");
+                let (mut control, mut messages) = pubsub.split();
+                let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.tick().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => {
+                            let Some(message) = message else { break };
+                            let Some(s) = sink.upgrade() else { return };
+                            apply(&*s, message.get_payload_bytes());
+                        }
+                        _ = heartbeat.tick() => {
+                            if sink.strong_count() == 0 {
+                                return;
+                            }
+                            let ping = control.ping::<redis::Value>();
+                            if !matches!(tokio::time::timeout(connect_timeout, ping).await, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(target: "cache_runtime::connection", error = %e, "L1 invalidation channel cannot subscribe");
+            }
+            Err(_) => {
+                tracing::debug!(target: "cache_runtime::connection", "L1 invalidation channel: connect timed out");
+            }
+        }
+        let Some(s) = sink.upgrade() else { return };
+        s.down();
+        drop(s);
+        if std::mem::take(&mut was_up) {
+            tracing::warn!(target: "cache_runtime::connection", "L1 invalidation channel down: L1 disabled until it is back");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Sink for Recorder {
+        fn up(&self) {}
+        fn down(&self) {}
+        fn invalidate(&self, what: Invalidated<'_>) {
+            self.0.lock().unwrap().push(format!("{what:?}"));
+        }
+        fn ended(&self) {}
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let ps = PubSub::new(
+            "p",
+            redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            Duration::from_secs(1),
+        );
+        let mut pipe = redis::pipe();
+        ps.announce_keys(&mut pipe, ["p:a:1", "p:a:2"]);
+        ps.announce_prefix(&mut pipe, "p:b:");
+        let recorder = Arc::new(Recorder::default());
+        for cmd in pipe.cmd_iter() {
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .filter_map(|a| match a {
+                    redis::Arg::Simple(b) => Some(b.to_vec()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(args[0], b"PUBLISH");
+            assert_eq!(args[1], b"p:__invalidate");
+            apply(&*recorder, &args[2]);
+        }
+        apply(&*recorder, b"garbage");
+        assert_eq!(
+            *recorder.0.lock().unwrap(),
+            [
+                r#"Key("p:a:1")"#,
+                r#"Key("p:a:2")"#,
+                r#"Prefix("p:b:")"#,
+                "All"
+            ]
+        );
+    }
+}

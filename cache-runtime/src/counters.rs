@@ -1,0 +1,98 @@
+//! Hits, misses, stores and errors per namespace, in this process.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+/// The counters of one namespace.
+#[derive(Default, Debug)]
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stores: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) l1_hits: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn l1_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.l1_hits.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn store(&self) {
+        self.stores.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> NamespaceCounters {
+        let hits = self.hits.load(Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        let reads = hits + misses;
+        NamespaceCounters {
+            hits,
+            misses,
+            stores: self.stores.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            l1_hits: self.l1_hits.load(Ordering::Relaxed),
+            hit_ratio: (reads > 0).then(|| hits as f64 / reads as f64),
+        }
+    }
+}
+
+/// A snapshot of one namespace's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct NamespaceCounters {
+    /// Reads that found a value.
+    pub hits: u64,
+    /// Reads that found nothing usable.
+    pub misses: u64,
+    /// Values written.
+    pub stores: u64,
+    /// Cache operations that failed (the call still returned its result).
+    pub errors: u64,
+    /// Hits served by the in-process L1 (included in `hits`).
+    pub l1_hits: u64,
+    /// `hits / (hits + misses)`, `None` before the first read.
+    pub hit_ratio: Option<f64>,
+}
+
+/// Every namespace's counters. Read on every call, written once per new namespace:
+/// copy-on-write.
+#[derive(Default)]
+pub(crate) struct CounterSet(ArcSwap<HashMap<String, Arc<Counters>>>);
+
+impl CounterSet {
+    pub(crate) fn of(&self, namespace: &str) -> Arc<Counters> {
+        if let Some(c) = self.0.load().get(namespace) {
+            return Arc::clone(c);
+        }
+        self.0.rcu(|map| {
+            let mut next = HashMap::clone(map);
+            next.entry(namespace.to_owned()).or_default();
+            next
+        });
+        self.0
+            .load()
+            .get(namespace)
+            .map_or_else(Arc::default, Arc::clone)
+    }
+
+    pub(crate) fn snapshot(&self) -> HashMap<String, NamespaceCounters> {
+        self.0
+            .load()
+            .iter()
+            .map(|(ns, c)| (ns.clone(), c.snapshot()))
+            .collect()
+    }
+}

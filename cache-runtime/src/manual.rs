@@ -1,0 +1,170 @@
+//! Manual operations (the seed's `redis_service`): typed operations within one namespace,
+//! and clearing a namespace or a user.
+
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::backend::{KeyTtl, Store};
+use crate::cache::Cache;
+use crate::engine::write::Scope;
+use crate::error::CacheError;
+use crate::key::escape_segment;
+use crate::namespace::Namespace;
+
+impl Cache {
+    /// Operations scoped to one namespace (validated: `[a-z0-9_-]{1,64}`, not `__…`).
+    pub fn namespace(&self, name: &str) -> Result<NamespaceCache<'_>, CacheError> {
+        let ns = Namespace::new(name.to_owned())?;
+        Ok(NamespaceCache::new(self, ns))
+    }
+
+    /// Operations scoped to a [`Namespace`].
+    pub fn scoped(&self, ns: Namespace) -> NamespaceCache<'_> {
+        NamespaceCache::new(self, ns)
+    }
+
+    /// Deletes every key of a namespace with SCAN + UNLINK in batches; returns the count.
+    pub async fn clear_namespace(&self, name: &str) -> Result<u64, CacheError> {
+        self.namespace(name)?.clear().await
+    }
+
+    /// Deletes every entry of one user in every namespace (service data and
+    /// `#[cache_user_specific]` results); returns how many were deleted.
+    ///
+    /// Reads the user's index set, so it costs in proportion to that user's keys, and it
+    /// never touches another user's keys, whatever characters the ids contain.
+    pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
+        let escaped = escape_segment(user_id);
+        let index = self.inner.keys.user_index_escaped(&escaped);
+        let n = self
+            .fenced(
+                Scope::User(&escaped),
+                self.inner.backend.clear_index(&index, None),
+            )
+            .await?;
+        tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
+        Ok(n)
+    }
+
+    /// Deletes one user's entries in one namespace; returns how many were deleted.
+    pub async fn clear_user_in(
+        &self,
+        namespace: &Namespace,
+        user_id: &str,
+    ) -> Result<u64, CacheError> {
+        let index = self.inner.keys.user_index(user_id);
+        let prefix = self
+            .inner
+            .keys
+            .user_namespace_prefix(namespace.as_str(), user_id);
+        let n = self
+            .fenced(
+                Scope::Prefix(&prefix),
+                self.inner.backend.clear_index(&index, Some(&prefix)),
+            )
+            .await?;
+        tracing::info!(target: "cache_runtime::store", namespace = %namespace, deleted = n, "cleared a user's cache in one namespace");
+        Ok(n)
+    }
+}
+
+/// Typed operations within one namespace: keys are `{prefix}:{namespace}:{escaped key}`.
+///
+/// Obtained from [`Cache::namespace`] or [`Cache::scoped`].
+#[derive(Clone, Debug)]
+pub struct NamespaceCache<'a> {
+    cache: &'a Cache,
+    ns: Namespace,
+}
+
+impl<'a> NamespaceCache<'a> {
+    pub(crate) fn new(cache: &'a Cache, ns: Namespace) -> Self {
+        Self { cache, ns }
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// The full Redis key of `key` in this namespace.
+    pub fn key(&self, key: &str) -> String {
+        self.cache.keys().manual(self.ns.as_str(), key)
+    }
+
+    /// Stores `value`; `ttl: None` uses the namespace's TTL strategy.
+    pub async fn set<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), CacheError> {
+        let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(self.ns.as_str()));
+        if ttl.is_zero() {
+            return Err(CacheError::InvalidInput(
+                "a TTL of zero would store nothing; use delete() or a TTL of at least 1 ms".into(),
+            ));
+        }
+        let counters = self.cache.counters_for(self.ns.as_str());
+        self.cache
+            .write_value(&counters, &self.key(key), value, Some(ttl), None)
+            .await
+    }
+
+    /// Reads a value; `None` when missing, expired or not decodable as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+        let counters = self.cache.counters_for(self.ns.as_str());
+        self.cache.read_value(&counters, &self.key(key)).await
+    }
+
+    /// Deletes; `true` when the key existed.
+    pub async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        self.cache.remove(&self.key(key)).await
+    }
+
+    /// Whether the key exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, CacheError> {
+        self.cache.backend().exists(&self.key(key)).await
+    }
+
+    /// Remaining lifetime of the key.
+    pub async fn get_ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
+        self.cache.backend().ttl(&self.key(key)).await
+    }
+
+    /// Adds `amount` (may be negative) to an integer counter, creating it at 0; returns the
+    /// new value. Counters are plain Redis integers: read them with [`get_counter`](Self::get_counter).
+    pub async fn increment(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+        let key = self.key(key);
+        self.cache
+            .fenced(Scope::Stored(&key), self.cache.backend().incr(&key, amount))
+            .await
+    }
+
+    /// The current value of a counter made by [`increment`](Self::increment).
+    pub async fn get_counter(&self, key: &str) -> Result<Option<i64>, CacheError> {
+        let Some(bytes) = self.cache.backend().get(&self.key(key)).await? else {
+            return Ok(None);
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| CacheError::NotACounter("value is not an integer".into()))
+    }
+
+    /// Deletes every key of the namespace (SCAN + UNLINK); returns how many were deleted.
+    pub async fn clear(&self) -> Result<u64, CacheError> {
+        let prefix = self.cache.keys().namespace_prefix(self.ns.as_str());
+        let n = self
+            .cache
+            .fenced(
+                Scope::Prefix(&prefix),
+                self.cache.backend().clear_prefix(&prefix),
+            )
+            .await?;
+        tracing::info!(target: "cache_runtime::store", namespace = %self.ns, deleted = n, "cleared namespace");
+        Ok(n)
+    }
+}
