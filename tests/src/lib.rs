@@ -5,7 +5,8 @@
 //! (never 6379, where a shared Redis may run). Nothing is persisted (`save ""`,
 //! `appendonly no`), `DEBUG` is enabled (for `DEBUG SLEEP`), and the process is
 //! killed with SIGKILL when the value is dropped, including while a test
-//! panics. A server killed by a SIGKILL of the *test process itself* is not
+//! panics, or when the test process exits (servers held by a `static`, which is
+//! never dropped). A server of a test process killed by a signal is not
 //! cleaned up (there is no parent-death signal; see the type docs).
 //!
 //! ```no_run
@@ -27,6 +28,10 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+mod reaper;
+pub use cluster::{ClusterOptions, RedisCluster};
+
 /// Panic message used when `redis-server` is not on `PATH`.
 pub const REDIS_MISSING: &str = "redis-server not found: install it (apt-get install redis-server) or run ./scripts/test.sh which installs it";
 
@@ -34,11 +39,11 @@ pub const REDIS_MISSING: &str = "redis-server not found: install it (apt-get ins
 pub const HOST: &str = "127.0.0.1";
 
 /// How long a server may take to answer `PING` after being spawned.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports are tried when the chosen port was taken meanwhile.
-const START_ATTEMPTS: usize = 5;
+pub(crate) const START_ATTEMPTS: usize = 5;
 /// Port of the shared Redis on the machine: never used by test servers.
-const SHARED_REDIS_PORT: u16 = 6379;
+pub(crate) const SHARED_REDIS_PORT: u16 = 6379;
 
 /// Returns `true` when a runnable `redis-server` binary is on `PATH`.
 pub fn redis_available() -> bool {
@@ -97,13 +102,13 @@ pub struct ServerConfig {
 
 /// Paths of the PEM files generated for a TLS server (all inside its temp dir).
 #[derive(Debug, Clone)]
-struct TlsFiles {
-    ca_cert: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    wrong_ca_cert: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+pub(crate) struct TlsFiles {
+    pub(crate) ca_cert: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
+    pub(crate) wrong_ca_cert: PathBuf,
+    pub(crate) client_cert: PathBuf,
+    pub(crate) client_key: PathBuf,
 }
 
 /// A `redis-server` child process owned by a test.
@@ -130,7 +135,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-enum StartError {
+pub(crate) enum StartError {
     /// The port was taken by someone else: retry on another port.
     PortInUse(String),
     /// Anything else: panic with this message.
@@ -321,6 +326,7 @@ impl RedisServer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            reaper::unregister(child.id());
         }
     }
 
@@ -469,6 +475,7 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| panic!("{REDIS_MISSING} (spawn failed: {e})"));
         let pid = child.id();
+        reaper::register(pid);
         self.child = Some(child);
 
         let client = self.admin_client();
@@ -482,6 +489,7 @@ impl RedisServer {
                 .try_wait()
                 .expect("cache-tests: cannot poll redis-server child");
             if let Some(status) = exited {
+                reaper::unregister(pid);
                 self.child = None;
                 let logs = self.logs();
                 if logs.contains("Address already in use") {
@@ -635,7 +643,7 @@ pub fn tls_client(
 }
 
 /// Connects once and returns the server's `process_id` from `INFO server`.
-fn probe(client: &redis::Client) -> Result<u32, String> {
+pub(crate) fn probe(client: &redis::Client) -> Result<u32, String> {
     let mut con = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .map_err(|e| e.to_string())?;
@@ -674,7 +682,7 @@ fn random_password() -> String {
 }
 
 /// Quotes a `redis.conf` argument (sdssplitargs double-quote syntax).
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for b in s.bytes() {
@@ -690,7 +698,7 @@ fn quote(s: &str) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -702,7 +710,7 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-fn read_file(path: &Path) -> Vec<u8> {
+pub(crate) fn read_file(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("cache-tests: cannot read {}: {e}", path.display()))
 }
 
@@ -737,7 +745,7 @@ authorityKeyIdentifier = keyid, issuer
 ";
 
 /// Generates CA, wrong CA, server and client certificates (ECDSA P-256) in `dir`.
-fn generate_tls_files(dir: &Path) -> TlsFiles {
+pub(crate) fn generate_tls_files(dir: &Path) -> TlsFiles {
     fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).expect("cache-tests: write openssl.cnf");
     let new_key = [
         "-newkey",
