@@ -5,8 +5,9 @@
 //! pipelined with the write itself (no extra round trip); each process subscribes and feeds
 //! its L1. Messages: `k\0key[\0key…]` (keys) or `p\0prefix` (every key under a prefix).
 //! A heartbeat PING through the subscribed connection proves it alive, so a silent
-//! connection (NAT timeout, failover) is noticed within [`HEARTBEAT`] plus the connect
-//! timeout.
+//! connection (NAT timeout, a stalled proxy, failover) is noticed within [`HEARTBEAT`] plus
+//! [`PONG_DEADLINE`]: the longest an L1 may serve a value another process changed while
+//! the channel silently stopped delivering. A closed connection is noticed at once.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -18,7 +19,10 @@ const KEYS: u8 = b'k';
 const PREFIX: u8 = b'p';
 
 /// How often the subscription proves it is alive.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How long the heartbeat's PONG may take before the channel counts as down (and the L1
+/// stops serving, restarting empty once the channel is back).
+pub(crate) const PONG_DEADLINE: Duration = Duration::from_millis(250);
 
 /// The channel, and how to announce on it and listen to it.
 pub(crate) struct PubSub {
@@ -137,6 +141,7 @@ async fn listen(
                 tracing::debug!(target: "cache_runtime::connection", channel, "L1 invalidation channel up");
                 let (mut control, mut messages) = pubsub.split();
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
+                heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 heartbeat.tick().await;
                 loop {
                     tokio::select! {
@@ -150,7 +155,7 @@ async fn listen(
                                 return;
                             }
                             let ping = control.ping::<redis::Value>();
-                            if !matches!(tokio::time::timeout(connect_timeout, ping).await, Ok(Ok(_))) {
+                            if !matches!(tokio::time::timeout(PONG_DEADLINE, ping).await, Ok(Ok(_))) {
                                 break;
                             }
                         }
