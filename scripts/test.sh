@@ -21,6 +21,36 @@ need() {
 }
 need redis-server redis-server redis
 need openssl openssl
+need python3 python3 python
+
+# redis-py for the interop tests (tests/python/seed_peer.py plays the seed's Python
+# service): the system's python3 when it has it, else a venv under target/ (the system's
+# Python is never modified).
+python_with_redis() {
+    local venv=target/python
+    if python3 -c 'import redis' >/dev/null 2>&1; then
+        command -v python3
+        return 0
+    fi
+    if ! "$venv/bin/python" -c 'import redis' >/dev/null 2>&1; then
+        echo "== installing redis-py into $venv" >&2
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            fi
+            rm -rf "$venv"
+            python3 -m venv "$venv" >&2
+        fi
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'redis>=4' >&2
+    fi
+    if ! "$venv/bin/python" -c 'import redis' >/dev/null 2>&1; then
+        echo "error: redis-py is missing. Install it and rerun: pip install redis" >&2
+        return 1
+    fi
+    echo "$PWD/$venv/bin/python"
+}
+CACHE_TESTS_PYTHON="$(python_with_redis)"
+export CACHE_TESTS_PYTHON
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -42,9 +42,10 @@ impl Kind {
     }
 }
 
-const COMMON: [&str; 8] = [
+const COMMON: [&str; 9] = [
     "ttl",
     "namespace",
+    "name",
     "version",
     "skip",
     "include",
@@ -52,9 +53,10 @@ const COMMON: [&str; 8] = [
     "companions",
     "cache",
 ];
-const USER_SPECIFIC: [&str; 10] = [
+const USER_SPECIFIC: [&str; 11] = [
     "ttl",
     "namespace",
+    "name",
     "version",
     "skip",
     "include",
@@ -109,6 +111,9 @@ pub(crate) struct Args {
     pub(crate) namespace: Option<WithSpan<String>>,
     pub(crate) data_type: Option<WithSpan<String>>,
     pub(crate) version: Option<WithSpan<u32>>,
+    /// `name = "billing::invoice"`: the function's identity in keys, instead of its module
+    /// path and name (so moving or renaming it, or its crate, keeps its entries).
+    pub(crate) name: Option<WithSpan<String>>,
     /// Parameter names (and possibly `self`) left out of the key.
     pub(crate) skip: Vec<Ident>,
     /// Only `self` is accepted: every other parameter is part of the key unless skipped.
@@ -128,6 +133,7 @@ impl Args {
             namespace: None,
             data_type: None,
             version: None,
+            name: None,
             skip: Vec::new(),
             include: Vec::new(),
             user: None,
@@ -215,6 +221,10 @@ fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
         "version" => {
             args.version = expr(&ident, value, "`version = 2`", cx).and_then(|e| version(&e, cx))
         }
+        "name" => {
+            args.name = expr(&ident, value, "`name = \"billing::invoice\"`", cx)
+                .and_then(|e| site_name(&e, cx))
+        }
         "cache_none" => args.cache_none = flag(&ident, value, cx),
         "cache" => {
             const EXAMPLE: &str = "`cache = crate::caches::analytics`, a function returning `&'static cache_runtime::Cache`";
@@ -292,7 +302,13 @@ fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
 
 fn expr(name: &Ident, value: RawValue, example: &str, cx: &mut Ctxt) -> Option<Expr> {
     match value {
-        RawValue::Expr(e) => Some(e),
+        // A `macro_rules!` fragment (`name = $name`) arrives in an invisible group.
+        RawValue::Expr(mut e) => loop {
+            match e {
+                Expr::Group(g) => e = *g.expr,
+                other => break Some(other),
+            }
+        },
         RawValue::List(_) | RawValue::Bare => {
             cx.error_spanned(name, format!("`{name}` needs a value: {example}"));
             None
@@ -418,6 +434,45 @@ fn segment(e: &Expr, what: &str, cx: &mut Ctxt) -> Option<WithSpan<String>> {
     })
 }
 
+/// `name = "..."`: 1 to 200 of `[A-Za-z0-9_:.-]`, as a module path is. It is written into
+/// keys in place of `module::function`, so no braces (a Redis Cluster hash tag) or glob
+/// characters (namespace clearing matches keys with SCAN patterns).
+fn site_name(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<String>> {
+    const EXAMPLE: &str = "`name = \"billing::invoice\"`";
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(text),
+        ..
+    }) = e
+    else {
+        cx.error_spanned(e, format!("expected a string literal, e.g. {EXAMPLE}"));
+        return None;
+    };
+    let value = text.value();
+    let problem = if value.is_empty() {
+        Some("it is empty")
+    } else if value.len() > 200 {
+        Some("it is longer than 200 bytes")
+    } else if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'.' | b'-'))
+    {
+        Some("only letters, digits, `_`, `:`, `.` and `-` are allowed (it is written into keys)")
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        cx.error_spanned(
+            text,
+            format!("invalid name {value:?}: {problem}; use a stable identifier, e.g. {EXAMPLE}"),
+        );
+        return None;
+    }
+    Some(WithSpan {
+        value,
+        span: text.span(),
+    })
+}
+
 pub(crate) fn check_segment(value: &str) -> Result<(), String> {
     cache_grammar::check_name(value).map_err(|e| e.to_string())
 }
@@ -446,6 +501,7 @@ mod tests {
                 namespace = "ai",
                 data_type = "reports",
                 version = 3,
+                name = "reports::v2.monthly-by_user",
                 skip(self, db),
                 user = uid,
                 cache_none = true,
@@ -459,11 +515,29 @@ mod tests {
         assert_eq!(args.namespace.map(|t| t.value).as_deref(), Some("ai"));
         assert_eq!(args.data_type.map(|t| t.value).as_deref(), Some("reports"));
         assert_eq!(args.version.map(|t| t.value), Some(3));
+        assert_eq!(
+            args.name.map(|t| t.value).as_deref(),
+            Some("reports::v2.monthly-by_user")
+        );
         assert_eq!(args.skip.len(), 2);
         assert_eq!(args.user.map(|u| u.to_string()).as_deref(), Some("uid"));
         assert_eq!(args.cache_none.map(|b| b.value), Some(true));
         assert_eq!(args.companions.map(|b| b.value), Some(false));
         assert!(args.cache.is_some());
+    }
+
+    #[test]
+    fn names_are_key_safe() {
+        for bad in ["", "a b", "{user:1}", "a*", "x?", "é", &"a".repeat(201)] {
+            let all = errors(Kind::CacheResult, quote!(name = #bad));
+            assert_eq!(all.len(), 1, "{bad:?}: {all:?}");
+            assert!(all[0].starts_with("invalid name"), "{}", all[0]);
+        }
+        assert_eq!(
+            errors(Kind::CacheResult, quote!(name = 5)),
+            ["expected a string literal, e.g. `name = \"billing::invoice\"`"]
+        );
+        assert!(errors(Kind::CacheResult, quote!(name = "billing::invoice")).is_empty());
     }
 
     #[test]

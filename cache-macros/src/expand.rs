@@ -131,6 +131,10 @@ fn generate(plan: &Plan, mut func: ItemFn) -> TokenStream {
 fn site(plan: &Plan, name: &Ident) -> TokenStream {
     let namespace = &plan.namespace;
     let function = name.unraw().to_string();
+    let identity = match &plan.name {
+        Some(stable) => quote!(#stable),
+        None => quote!(::core::concat!(::core::module_path!(), "::", #function)),
+    };
     let version = proc_macro2::Literal::u32_unsuffixed(plan.version);
     let fingerprint = &plan.fingerprint;
     let ttl = proc_macro2::Literal::u64_unsuffixed(plan.ttl_secs);
@@ -142,7 +146,7 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
     quote! {
         static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
             #namespace,
-            ::core::concat!(::core::module_path!(), "::", #function),
+            #identity,
             #version,
             #fingerprint,
             #ttl,
@@ -195,13 +199,27 @@ fn key(plan: &Plan, all_refs: bool) -> TokenStream {
         steps.extend(quote!(#k));
         steps.extend(quote_spanned!(ty.span()=> .arg(#value);));
     }
+    // The stored type's shape is part of the key; spanned at the return type, so a type
+    // that cannot be stored is reported there (once: rustc merges identical diagnostics).
+    let stored = stored_type(plan);
+    let new =
+        quote_spanned!(value_span(plan)=> ::cache_runtime::__private::KeyBuilder::new::<#stored>);
     quote! {
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
-            let mut #k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+            let mut #k = #new(&__CACHE_SITE);
             #steps
             #k.finish()
         };
+    }
+}
+
+/// The stored type: `T` of `Result<T, E>` / `Option<T>`, else the return type.
+fn stored_type(plan: &Plan) -> TokenStream {
+    match &plan.shape {
+        Shape::Result { ok, .. } => ok.to_token_stream(),
+        Shape::Option { some } => some.to_token_stream(),
+        Shape::Value => plan.output.to_token_stream(),
     }
 }
 

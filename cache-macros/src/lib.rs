@@ -27,7 +27,7 @@ mod validate;
 /// ```
 ///
 /// A call hashes its arguments into the key
-/// `{prefix}:{namespace}:{module::function}:v{version}:{hash}` and returns the stored value
+/// `{prefix}:{namespace}:{module::function}:v{version}:{hash}` (`{name}` for `name = "..."`) and returns the stored value
 /// when there is one; otherwise it runs the body (once per key in the process, however many
 /// calls wait for it) and stores the result. Any cache failure is logged and the body runs:
 /// the cache never changes what the function returns.
@@ -39,6 +39,7 @@ mod validate;
 /// | `ttl = 3600` / `ttl = "30m"` | time to live: seconds, or a duration with units `d`, `h`, `m`, `s` in that order (`"90s"`, `"1h30m"`, `"1d"`); must be positive | the namespace's TTL (`REDIS_TTL_DEFAULT` for `general`) |
 /// | `namespace = "analytics"` | second key segment, `[a-z0-9_-]{1,64}` | `"general"` |
 /// | `version = 2` | bump to never read values stored by an older body | `1` |
+/// | `name = "billing::invoice"` | the function's identity in its keys, in place of `module::function`: entries survive moving or renaming the function or its crate; `[A-Za-z0-9_:.-]{1,200}`; two functions must not share one | `module_path!()::function` |
 /// | `skip(a, b)` | parameters left out of the key (connections, clients, loggers) | none |
 /// | `skip(self)` / `include(self)` | on methods, one of them is **required**: `skip(self)` shares entries between all values of the type; `include(self)` serialises `self` into the key (`Self: Serialize`) | - |
 /// | `cache_none = true` | for `Option<T>` returns, also cache `None` | `false` |
@@ -79,9 +80,12 @@ mod validate;
 ///
 /// Every parameter not skipped must implement `Serialize`; parameters must be plain names
 /// (`pair: (u32, u32)`, not `(a, b): (u32, u32)`); `_` parameters are never part of the key;
-/// `impl Trait` parameters must be skipped. The hash also covers the function path, the
-/// version, a fingerprint of the signature (key parameters' names and types, the return type,
-/// what is stored), every generic type parameter (`type_name`), every const parameter, and
+/// `impl Trait` parameters must be skipped. The hash also covers the function path (or
+/// `name`), the version, a fingerprint of the signature (key parameters' names and types, the
+/// return type, what is stored), the *shape* of the stored type (field names, order and
+/// types, enum variants, recursively, traced once from its `Deserialize`: a deploy that
+/// changes the type misses instead of decoding old bytes into it, an unchanged type keeps
+/// hitting), every generic type parameter (`type_name`), every const parameter, and
 /// for methods and functions mentioning `Self` the `Self` type: `f::<u32>` and `f::<String>`,
 /// or `A::get` and `B::get`, never share entries. Note: two receiver-less associated
 /// functions with the same name, module and signature on different types (and not naming

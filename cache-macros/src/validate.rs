@@ -64,6 +64,8 @@ pub(crate) enum Body {
 pub(crate) struct Plan {
     pub(crate) namespace: String,
     pub(crate) version: u32,
+    /// `name = "..."`, or `None` for `module_path!()::function`.
+    pub(crate) name: Option<String>,
     pub(crate) ttl_secs: u64,
     pub(crate) fingerprint: String,
     pub(crate) shape: Shape,
@@ -251,6 +253,7 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
     Some(Plan {
         namespace,
         version: args.version.as_ref().map_or(1, |v| v.value),
+        name: args.name.as_ref().map(|n| n.value.clone()),
         ttl_secs: args.ttl_secs.as_ref().map_or(0, |t| t.value),
         fingerprint,
         shape,

@@ -11,6 +11,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::engine::call::{self, CallKey as EngineKey, OkOnly, Plain, SomeOnly};
 use crate::error::CacheError;
 use crate::key::{escape_segment, ArgsHasher};
+use crate::shape::Shape;
 
 pub use crate::engine::site::Site;
 pub use serde;
@@ -22,13 +23,18 @@ pub struct CallKey(EngineKey);
 pub struct KeyBuilder {
     hasher: ArgsHasher,
     user: Option<String>,
+    shape: Shape,
 }
 
 impl KeyBuilder {
-    pub fn new(site: &'static Site) -> Self {
+    /// For a call of `site` that stores a `T`: the argument hash is keyed by the site's
+    /// identity and `T`'s shape, so a changed type never reads old entries.
+    pub fn new<T: DeserializeOwned>(site: &'static Site) -> Self {
+        let keyed = site.shapes.keyed::<T>(site.site_key());
         Self {
-            hasher: ArgsHasher::with_site_key(site.site_key()),
+            hasher: ArgsHasher::with_site_key(&keyed.key),
             user: None,
+            shape: keyed.shape,
         }
     }
 
@@ -52,6 +58,7 @@ impl KeyBuilder {
         CallKey(EngineKey {
             user: self.user,
             hash: self.hasher.finish(),
+            shape: self.shape,
         })
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Inner {
     /// Concurrent reads of one key share one round trip.
     pub(crate) reads: Flights,
     pub(crate) l1: Option<Arc<L1>>,
+    /// Unique for the process's lifetime (an address could be reused after a drop).
+    serial: u64,
 }
 
 /// A cache: the embedded store or a Redis connection pool, plus key layout and codec.
@@ -41,9 +43,9 @@ pub(crate) struct Inner {
 ///
 /// let cache = Cache::in_memory();
 /// let ns = cache.namespace("custom")?;
-/// ns.set("key", &"value", Some(Duration::from_secs(3600))).await?;
+/// ns.set("key", "value", Some(Duration::from_secs(3600))).await?;
 /// assert_eq!(ns.get::<String>("key").await?.as_deref(), Some("value"));
-/// assert_eq!(ns.increment("counter", 5).await?, 5);
+/// assert_eq!(ns.increment("counter", 5, None).await?, 5);
 /// # Ok::<_, cache_runtime::CacheError>(())
 /// # }).unwrap();
 /// ```
@@ -83,12 +85,21 @@ impl Cache {
         Self {
             inner: Arc::new(Inner {
                 backend,
-                keys: KeyBuilder::new(config.key_prefix.clone()),
+                keys: if config.codec == CodecKind::JsonPlain {
+                    KeyBuilder::new(config.key_prefix.clone()).with_seed_users()
+                } else {
+                    KeyBuilder::new(config.key_prefix.clone())
+                },
                 config,
                 counters: CounterSet::default(),
                 flights: Flights::default(),
                 reads: Flights::default(),
                 l1,
+                serial: {
+                    static NEXT: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(1);
+                    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                },
             }),
         }
     }
@@ -108,8 +119,8 @@ impl Cache {
     }
 
     /// Identifies this cache (its shared state) among others.
-    pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner) as usize
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.serial
     }
 
     /// The configuration in force.

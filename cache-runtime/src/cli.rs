@@ -134,6 +134,13 @@ fn diagnose(e: &CacheError) -> (u8, Vec<&'static str>) {
             ],
         ),
         CacheError::Config(_) => (EXIT_USAGE, vec![]),
+        CacheError::WrongTopology(_) => (
+            EXIT_USAGE,
+            vec![
+                "a Redis Cluster needs REDIS_CLUSTER=auto (the default) or true, and database 0",
+                "list more seed nodes with REDIS_CLUSTER_NODES=host:port,host:port",
+            ],
+        ),
         _ => (EXIT_FAILURE, vec![]),
     }
 }
@@ -195,6 +202,7 @@ async fn ping(io: &mut Io<'_>, cache: &Cache, json: bool) -> u8 {
     samples.sort();
     let health = cache.health().await;
     let version = health.info.server.version.clone();
+    let nodes = &health.info.nodes;
     let min = samples.first().copied().unwrap_or_default();
     let median = samples.get(samples.len() / 2).copied().unwrap_or_default();
     if json {
@@ -206,7 +214,10 @@ async fn ping(io: &mut Io<'_>, cache: &Cache, json: bool) -> u8 {
                 "endpoint": endpoint,
                 "tls": tls,
                 "server_version": version,
+                "mode": health.info.server.mode,
                 "latency_ms": { "min": ms(min), "median": ms(median) },
+                "nodes": nodes,
+                "error": health.error,
             }),
         );
     } else {
@@ -228,8 +239,35 @@ async fn ping(io: &mut Io<'_>, cache: &Cache, json: bool) -> u8 {
             ms(min),
             ms(median)
         );
+        write_nodes(io, nodes);
+        if let Some(e) = &health.error {
+            let _ = writeln!(io.out, "  problem:        {e}");
+        }
     }
-    EXIT_OK
+    // A cluster that answers but cannot serve every slot is not "ok".
+    if health.status == "healthy" {
+        EXIT_OK
+    } else {
+        EXIT_UNREACHABLE
+    }
+}
+
+/// One line per node of a cluster: address, role, slots, status, latency.
+fn write_nodes(io: &mut Io<'_>, nodes: &[crate::health::NodeHealth]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let _ = writeln!(io.out, "  nodes:");
+    for n in nodes {
+        let latency = n
+            .latency_ms
+            .map_or_else(|| "-".to_owned(), |l| format!("{l:.3} ms"));
+        let _ = writeln!(
+            io.out,
+            "    {:<22} {:<8} {:>5} slots  {:<10} {}",
+            n.address, n.role, n.slots, latency, n.status
+        );
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -284,8 +322,9 @@ pub async fn run(
                 if let Some(e) = &report.error {
                     let _ = writeln!(io.out, "error:  {e}");
                 }
+                write_nodes(io, &report.info.nodes);
             }
-            if report.connected {
+            if report.status == "healthy" {
                 EXIT_OK
             } else {
                 EXIT_UNREACHABLE
@@ -331,6 +370,19 @@ pub async fn run(
                 );
                 for (ns, n) in &report.keys.by_namespace {
                     let _ = writeln!(io.out, "  {ns:<12} {n}");
+                }
+                if !report.nodes.is_empty() {
+                    let _ = writeln!(io.out, "nodes:");
+                    for n in &report.nodes {
+                        let _ = writeln!(
+                            io.out,
+                            "  {:<22} {:<8} memory {:<10} keys {}",
+                            n.address,
+                            n.role,
+                            n.used_memory_human.as_deref().unwrap_or("unknown"),
+                            n.keys.map_or("unknown".to_owned(), |k| k.to_string())
+                        );
+                    }
                 }
             }
             EXIT_OK

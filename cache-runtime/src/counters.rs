@@ -14,6 +14,7 @@ pub(crate) struct Counters {
     pub(crate) stores: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) l1_hits: AtomicU64,
+    pub(crate) shape_mismatches: AtomicU64,
 }
 
 impl Counters {
@@ -26,6 +27,11 @@ impl Counters {
     }
     pub(crate) fn miss(&self) {
         self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A miss because the value was written for another shape of the type.
+    pub(crate) fn shape_mismatch(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.shape_mismatches.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn store(&self) {
         self.stores.fetch_add(1, Ordering::Relaxed);
@@ -44,6 +50,7 @@ impl Counters {
             stores: self.stores.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             l1_hits: self.l1_hits.load(Ordering::Relaxed),
+            shape_mismatches: self.shape_mismatches.load(Ordering::Relaxed),
             hit_ratio: (reads > 0).then(|| hits as f64 / reads as f64),
         }
     }
@@ -63,6 +70,9 @@ pub struct NamespaceCounters {
     pub errors: u64,
     /// Hits served by the in-process L1 (included in `hits`).
     pub l1_hits: u64,
+    /// Misses because the value was written for another shape of its type, by another
+    /// build (included in `misses`).
+    pub shape_mismatches: u64,
     /// `hits / (hits + misses)`, `None` before the first read.
     pub hit_ratio: Option<f64>,
 }

@@ -56,6 +56,10 @@ pub enum CacheError {
     /// stores; reads treat it as a miss.
     #[error("the key holds another Redis type (WRONGTYPE); delete it or use another key")]
     WrongType,
+    /// The configuration does not fit the server: a standalone configuration
+    /// (`REDIS_CLUSTER=false`) pointed at a Redis Cluster, or a database number on one.
+    #[error("{0}")]
+    WrongTopology(String),
     /// A Redis operation was called outside a Tokio runtime.
     #[error("Redis operations need a Tokio runtime with I/O and timers enabled: call them from within #[tokio::main] or #[tokio::test], or a runtime built with enable_all(); the embedded store works anywhere")]
     NoRuntime,
@@ -78,6 +82,11 @@ pub enum CacheError {
         /// Decoder message.
         detail: String,
     },
+    /// The stored value was written for another shape of the requested type (a build where
+    /// its fields, their types or its variants differed); it is treated as a miss and
+    /// overwritten by the next store.
+    #[error("the value at this key was written for another shape of the requested type (another build); it is treated as a miss and will be overwritten by the next store")]
+    ShapeMismatch,
     /// The encoded value is larger than `CACHE_MAX_VALUE_BYTES`.
     #[error("the encoded value is {size} bytes, above the limit of {limit} bytes (CACHE_MAX_VALUE_BYTES); it was not stored")]
     TooLarge {
@@ -114,6 +123,7 @@ impl CacheError {
                 | Self::Timeout(_)
                 | Self::Unavailable
                 | Self::NoRuntime
+                | Self::WrongTopology(_)
         )
     }
 }

@@ -52,10 +52,49 @@ pub struct HealthReport {
 pub struct HealthInfo {
     /// Server facts.
     pub server: ServerInfo,
-    /// Client connections as the server counts them.
+    /// Client connections as the server counts them (summed over a cluster's nodes).
     pub clients: ClientsInfo,
     /// Our connection pool.
     pub pool: PoolInfo,
+    /// Each node of a Redis Cluster (absent for a single server).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeHealth>,
+}
+
+/// One node of a cluster in [`HealthInfo`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct NodeHealth {
+    /// `host:port`.
+    pub address: String,
+    /// `primary` or `replica`.
+    pub role: &'static str,
+    /// `ok`, `failing` (the cluster cannot reach it) or `unreachable: <why>`.
+    pub status: String,
+    /// Hash slots it serves.
+    pub slots: u32,
+    /// `redis_version`.
+    pub version: Option<String>,
+    /// Round trip of a request to it, in milliseconds.
+    pub latency_ms: Option<f64>,
+}
+
+/// One node of a cluster in [`StatsReport`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// `host:port`.
+    pub address: String,
+    /// `primary` or `replica`.
+    pub role: &'static str,
+    /// Bytes in use.
+    pub used_memory: Option<u64>,
+    /// Bytes in use, human-readable.
+    pub used_memory_human: Option<String>,
+    /// Its memory limit (0: none).
+    pub maxmemory: Option<u64>,
+    /// Keys it holds (a replica holds its primary's).
+    pub keys: Option<u64>,
 }
 
 /// `info.server`.
@@ -102,6 +141,10 @@ pub struct StatsReport {
     pub keys: KeyStats,
     /// Hits, misses, stores, errors and hit ratio per namespace, in this process.
     pub counters: BTreeMap<String, NamespaceCounters>,
+    /// Each node of a Redis Cluster (absent for a single server): `memory` and `keys`
+    /// above are the sums over the primaries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeStats>,
     /// Why some fields are null (never a password).
     pub error: Option<String>,
     /// UTC, ISO 8601.
@@ -179,6 +222,7 @@ impl Cache {
             ..HealthInfo::default()
         };
         // Facts a server withholds (ACL, managed service) stay null.
+        let mut problem = None;
         if ping.is_ok() {
             if let Ok(facts) = backend.server_facts().await {
                 info.server = ServerInfo {
@@ -190,19 +234,37 @@ impl Cache {
                     connected: facts.clients_connected,
                     blocked: facts.clients_blocked,
                 };
+                info.nodes = facts
+                    .nodes
+                    .into_iter()
+                    .map(|n| NodeHealth {
+                        address: n.address,
+                        role: n.role,
+                        status: n.status,
+                        slots: n.slots,
+                        version: n.version,
+                        latency_ms: n.latency_ms,
+                    })
+                    .collect();
+                problem = facts.problem;
             }
         }
+        // Answering is not enough for a cluster that cannot serve every slot.
+        let healthy = ping.is_ok() && problem.is_none();
         let l1 = self.inner.l1.is_some();
         HealthReport {
-            status: if ping.is_ok() { "healthy" } else { "unhealthy" },
+            status: if healthy { "healthy" } else { "unhealthy" },
             connected: ping.is_ok(),
             backend: self.backend_kind(),
             latency_ms: ping.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
-            error: ping.err().map(|e| match (&e, backend.last_fault()) {
-                // The breaker hides the cause; report the fault that opened it.
-                (CacheError::Unavailable, Some(last)) => format!("{e}; last error: {last}"),
-                _ => e.to_string(),
-            }),
+            error: match ping {
+                Err(e) => Some(match (&e, backend.last_fault()) {
+                    // The breaker hides the cause; report the fault that opened it.
+                    (CacheError::Unavailable, Some(last)) => format!("{e}; last error: {last}"),
+                    _ => e.to_string(),
+                }),
+                Ok(_) => problem,
+            },
             circuit_open: backend.circuit_open(),
             l1_invalidation: backend.invalidation_mode().filter(|_| l1),
             l1_active: l1.then(|| self.l1_active()),
@@ -224,6 +286,7 @@ impl Cache {
             memory: MemoryStats::default(),
             keys: KeyStats::default(),
             counters,
+            nodes: Vec::new(),
             error: None,
             timestamp: timestamp(),
         };
@@ -234,7 +297,19 @@ impl Cache {
                     used_memory_human: m.used_human,
                     maxmemory: m.max,
                     maxmemory_policy: m.policy,
-                }
+                };
+                report.nodes = m
+                    .nodes
+                    .into_iter()
+                    .map(|n| NodeStats {
+                        address: n.address,
+                        role: n.role,
+                        used_memory_human: n.used_memory.map(crate::backend::human_bytes),
+                        used_memory: n.used_memory,
+                        maxmemory: n.maxmemory,
+                        keys: n.keys,
+                    })
+                    .collect();
             }
             Err(e) => report.error = Some(e.to_string()),
         }

@@ -52,11 +52,34 @@ pub fn escape_glob(segment: &str) -> Cow<'_, str> {
     escape_segment(segment)
 }
 
+/// `text` as a SCAN `MATCH` pattern that matches exactly itself: glob metacharacters
+/// (`*`, `?`, `[`, `]`, `\`) are backslash-escaped. For ids written by other services, which
+/// are not escaped by [`escape_segment`].
+pub(crate) fn glob_literal(text: &str) -> Cow<'_, str> {
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'*' | b'?' | b'[' | b']' | b'\\'))
+    {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
 /// Builds keys under one prefix.
 #[derive(Clone, Debug)]
 pub struct KeyBuilder {
     /// `{prefix}:`
     prefix_colon: String,
+    /// Users as the seed writes them (`user:<id>`, no hash tag): `CACHE_CODEC=json-plain`,
+    /// so that another service reads and writes the same keys.
+    seed_users: bool,
 }
 
 impl KeyBuilder {
@@ -64,7 +87,32 @@ impl KeyBuilder {
     pub fn new(prefix: impl Into<String>) -> Self {
         let mut prefix_colon = prefix.into();
         prefix_colon.push(':');
-        Self { prefix_colon }
+        Self {
+            prefix_colon,
+            seed_users: false,
+        }
+    }
+
+    /// The same, with users as the seed writes them (`user:<id>` without a hash tag), for
+    /// sharing entries with other services (`CACHE_CODEC=json-plain`).
+    #[must_use]
+    pub fn with_seed_users(mut self) -> Self {
+        self.seed_users = true;
+        self
+    }
+
+    /// Whether users are written as the seed writes them (no hash tag).
+    pub fn seed_users(&self) -> bool {
+        self.seed_users
+    }
+
+    /// The segment of one user (`{user:<id>}`, or `user:<id>` in the seed's layout).
+    fn user_segment(&self, escaped_user: &str) -> String {
+        if self.seed_users {
+            format!("user:{escaped_user}")
+        } else {
+            user_tag(escaped_user)
+        }
     }
 
     /// The first segment of every key.
@@ -108,7 +156,7 @@ impl KeyBuilder {
         format!(
             "{}{namespace}:{}",
             self.prefix_colon,
-            user_tag(&escape_segment(user_id))
+            self.user_segment(&escape_segment(user_id))
         )
     }
 
@@ -119,7 +167,7 @@ impl KeyBuilder {
 
     /// `:{user:<escaped id>}:`, the segment every key of that user contains.
     pub(crate) fn user_segment_escaped(&self, escaped_user: &str) -> String {
-        format!(":{}:", user_tag(escaped_user))
+        format!(":{}:", self.user_segment(escaped_user))
     }
 
     /// The set that lists every key stored for one user, in every namespace, in the
@@ -152,7 +200,7 @@ impl KeyBuilder {
         hash: &ArgsHash,
     ) -> String {
         let (head, tail) = self.call_parts(namespace, function, version);
-        join_call(&head, user, &tail, hash)
+        join_call(&head, user, !self.seed_users, &tail, hash)
     }
 
     /// The constant parts of a call key, split around the user segment, so a hot call
@@ -176,15 +224,24 @@ fn user_tag(escaped_user: &str) -> String {
 }
 
 /// Assembles a call key from [`KeyBuilder::call_parts`]: the one place that knows where the
-/// user segment and the hash go (decorated calls keep the parts precomputed per function).
-pub(crate) fn join_call(head: &str, user: Option<&str>, tail: &str, hash: &ArgsHash) -> String {
+/// user segment (hash-tagged unless in the seed's layout) and the hash go (decorated calls
+/// keep the parts precomputed per function).
+pub(crate) fn join_call(
+    head: &str,
+    user: Option<&str>,
+    tagged: bool,
+    tail: &str,
+    hash: &ArgsHash,
+) -> String {
     let user_len = user.map_or(0, |u| u.len() + 8);
     let mut key = String::with_capacity(head.len() + user_len + tail.len() + 32);
     key.push_str(head);
     if let Some(user) = user {
-        key.push_str(":{user:");
+        key.push_str(if tagged { ":{user:" } else { ":user:" });
         key.push_str(user);
-        key.push('}');
+        if tagged {
+            key.push('}');
+        }
     }
     key.push_str(tail);
     hash.write_hex(&mut key);

@@ -61,6 +61,7 @@ mod l1;
 mod manual;
 mod namespace;
 pub mod service;
+mod shape;
 
 #[doc(hidden)]
 pub mod __private;
@@ -70,7 +71,7 @@ pub use cache::Cache;
 pub use cache_grammar::NameError;
 pub use cache_macros::{cache_result, cache_user_specific};
 pub use codec::CodecKind;
-pub use config::{CacheConfig, CacheConfigBuilder, CertReqs, ConfigError};
+pub use config::{CacheConfig, CacheConfigBuilder, CertReqs, ClusterMode, ConfigError};
 pub use counters::NamespaceCounters;
 pub use error::CacheError;
 pub use global::{global, init, with_cache};

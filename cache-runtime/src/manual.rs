@@ -7,10 +7,12 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backend::{KeyTtl, Store};
 use crate::cache::Cache;
+use crate::codec::Storable;
 use crate::engine::write::Scope;
 use crate::error::CacheError;
 use crate::key::escape_segment;
 use crate::namespace::Namespace;
+use crate::shape::shape_of;
 
 impl Cache {
     /// Operations scoped to one namespace (validated: `[a-z0-9_-]{1,64}`, not `__…`).
@@ -37,14 +39,72 @@ impl Cache {
     pub async fn clear_user(&self, user_id: &str) -> Result<u64, CacheError> {
         let escaped = escape_segment(user_id);
         let index = self.inner.keys.user_index_escaped(&escaped);
-        let n = self
+        let mut n = self
             .fenced(
                 Scope::User(&escaped),
                 self.inner.backend.clear_index(&index, None),
             )
             .await?;
+        if self.inner.keys.seed_users() {
+            // Sharing entries with other services (`json-plain`): they write the seed's
+            // layout without our index, so look for their keys too, with the id as we
+            // write it and, when that differs, as they do (raw).
+            n += self.clear_seed_layout(user_id, &escaped, None).await?;
+        }
         tracing::info!(target: "cache_runtime::store", deleted = n, "cleared a user's cache");
         Ok(n)
+    }
+
+    /// Deletes a user's keys in the seed's layout that no index of ours lists (other
+    /// services' entries, `json-plain`), with the id as we write it and, when that differs,
+    /// as they do (raw).
+    async fn clear_seed_layout(
+        &self,
+        user_id: &str,
+        escaped: &str,
+        namespace: Option<&str>,
+    ) -> Result<u64, CacheError> {
+        let mut n = self.clear_user_by_scan(escaped, namespace).await?;
+        if escaped != user_id {
+            n += self.clear_user_by_scan(user_id, namespace).await?;
+        }
+        Ok(n)
+    }
+
+    /// Every `{prefix}:{namespace}:user:{id}:…` key (the seed's layout; one namespace or
+    /// all), found by SCAN.
+    ///
+    /// `id` is as it appears in keys: ours are escaped, another service's may be raw, so
+    /// glob metacharacters are escaped in the pattern and every match is checked exactly.
+    /// (An id containing `:` is ambiguous in the seed's layout: `user:1:a:b` may be user
+    /// `1` or user `1:a`; clearing either removes it, as the seed's own clearing would.)
+    async fn clear_user_by_scan(
+        &self,
+        id: &str,
+        namespace: Option<&str>,
+    ) -> Result<u64, CacheError> {
+        let prefix = self.inner.keys.prefix_with_colon();
+        let pattern = format!(
+            "{}{}:user:{}:*",
+            crate::key::glob_literal(prefix),
+            namespace.unwrap_or("*"),
+            crate::key::glob_literal(id)
+        );
+        let segment = format!("user:{id}:");
+        let wanted = |key: &str| {
+            key.strip_prefix(prefix)
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(ns, rest)| {
+                    namespace.is_none_or(|wanted| wanted == ns)
+                        && cache_grammar::check_name(ns).is_ok()
+                        && rest.starts_with(&segment)
+                })
+        };
+        self.fenced(
+            Scope::User(id),
+            self.inner.backend.clear_matching(&pattern, &wanted),
+        )
+        .await
     }
 
     /// Deletes one user's entries in one namespace; returns how many were deleted.
@@ -58,12 +118,18 @@ impl Cache {
             .inner
             .keys
             .user_namespace_prefix(namespace.as_str(), user_id);
-        let n = self
+        let mut n = self
             .fenced(
                 Scope::Prefix(&prefix),
                 self.inner.backend.clear_index(&index, Some(&prefix)),
             )
             .await?;
+        if self.inner.keys.seed_users() {
+            let escaped = escape_segment(user_id);
+            n += self
+                .clear_seed_layout(user_id, &escaped, Some(namespace.as_str()))
+                .await?;
+        }
         tracing::info!(target: "cache_runtime::store", namespace = %namespace, deleted = n, "cleared a user's cache in one namespace");
         Ok(n)
     }
@@ -93,8 +159,10 @@ impl<'a> NamespaceCache<'a> {
         self.cache.keys().manual(self.ns.as_str(), key)
     }
 
-    /// Stores `value`; `ttl: None` uses the namespace's TTL strategy.
-    pub async fn set<T: Serialize + ?Sized>(
+    /// Stores `value`; `ttl: None` uses the namespace's TTL strategy. The shape of its type
+    /// is recorded with it: reading it back as another type (or another build's version of
+    /// the type) is a miss, never a wrong value.
+    pub async fn set<T: Storable + ?Sized>(
         &self,
         key: &str,
         value: &T,
@@ -108,14 +176,25 @@ impl<'a> NamespaceCache<'a> {
         }
         let counters = self.cache.counters_for(self.ns.as_str());
         self.cache
-            .write_value(&counters, &self.key(key), value, Some(ttl), None)
+            .write_value(
+                &counters,
+                &self.key(key),
+                (value, &shape_of::<T::Owned>()),
+                Some(ttl),
+                None,
+            )
             .await
     }
 
     /// Reads a value; `None` when missing, expired or not decodable as `T`.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, CacheError> {
+    pub async fn get<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CacheError> {
         let counters = self.cache.counters_for(self.ns.as_str());
-        self.cache.read_value(&counters, &self.key(key)).await
+        self.cache
+            .read_value(&counters, &self.key(key), &shape_of::<T>())
+            .await
     }
 
     /// Deletes; `true` when the key existed.
@@ -134,11 +213,23 @@ impl<'a> NamespaceCache<'a> {
     }
 
     /// Adds `amount` (may be negative) to an integer counter, creating it at 0; returns the
-    /// new value. Counters are plain Redis integers: read them with [`get_counter`](Self::get_counter).
-    pub async fn increment(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+    /// new value. A counter created here gets `ttl` (`None`: the namespace's TTL strategy);
+    /// one that already has an expiry keeps it. Counters are plain Redis integers (`INCRBY`
+    /// semantics): an integer stored with [`set`](Self::set) is one, and
+    /// [`get`](Self::get)`::<i64>` or [`get_counter`](Self::get_counter) read them.
+    pub async fn increment(
+        &self,
+        key: &str,
+        amount: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, CacheError> {
         let key = self.key(key);
+        let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(self.ns.as_str()));
         self.cache
-            .fenced(Scope::Stored(&key), self.cache.backend().incr(&key, amount))
+            .fenced(
+                Scope::Stored(&key),
+                self.cache.backend().incr(&key, amount, Some(ttl)),
+            )
             .await
     }
 

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::cache::Cache;
+use crate::codec::Storable;
 use crate::error::CacheError;
 use crate::namespace::Namespace;
+use crate::shape::shape_of;
 
 /// Stable hash of an AI prompt, for [`CacheService::cache_ai_response`]: the first 128 bits
 /// of BLAKE3 over the UTF-8 bytes, as 32 lower-case hex characters. Stable across
@@ -39,7 +41,7 @@ pub fn prompt_hash(prompt: &str) -> String {
 /// use cache_runtime::{service::CacheService, Cache};
 ///
 /// let service = CacheService::new(Cache::in_memory());
-/// service.cache_user_data("user_123", "profile", &"John", None).await?;
+/// service.cache_user_data("user_123", "profile", "John", None).await?;
 /// let name: Option<String> = service.get_user_data("user_123", "profile").await?;
 /// assert_eq!(name.as_deref(), Some("John"));
 /// assert_eq!(service.clear_all_user_cache("user_123").await?, 1);
@@ -62,7 +64,7 @@ impl CacheService {
         &self.cache
     }
 
-    async fn put<T: Serialize + ?Sized>(
+    async fn put<T: Storable + ?Sized>(
         &self,
         ns: &Namespace,
         user_id: &str,
@@ -76,11 +78,17 @@ impl CacheService {
         let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(ns.as_str()));
         let counters = self.cache.counters_for(ns.as_str());
         self.cache
-            .write_value(&counters, &key, value, Some(ttl), Some(&index))
+            .write_value(
+                &counters,
+                &key,
+                (value, &shape_of::<T::Owned>()),
+                Some(ttl),
+                Some(&index),
+            )
             .await
     }
 
-    async fn fetch<T: DeserializeOwned>(
+    async fn fetch<T: Serialize + DeserializeOwned>(
         &self,
         ns: &Namespace,
         user_id: &str,
@@ -88,12 +96,14 @@ impl CacheService {
     ) -> Result<Option<T>, CacheError> {
         let key = self.cache.keys().user_scoped(ns.as_str(), user_id, rest);
         let counters = self.cache.counters_for(ns.as_str());
-        self.cache.read_value(&counters, &key).await
+        self.cache
+            .read_value(&counters, &key, &shape_of::<T>())
+            .await
     }
 
     /// Stores user data (profile, preferences…) at `{prefix}:users:{user:<id>}:{data_type}`;
     /// `ttl: None` is 1 hour.
-    pub async fn cache_user_data<T: Serialize + ?Sized>(
+    pub async fn cache_user_data<T: Storable + ?Sized>(
         &self,
         user_id: &str,
         data_type: &str,
@@ -105,7 +115,7 @@ impl CacheService {
     }
 
     /// Reads what [`cache_user_data`](Self::cache_user_data) stored.
-    pub async fn get_user_data<T: DeserializeOwned>(
+    pub async fn get_user_data<T: Serialize + DeserializeOwned>(
         &self,
         user_id: &str,
         data_type: &str,
@@ -115,7 +125,7 @@ impl CacheService {
 
     /// Stores an AI response at `{prefix}:ai:{user:<id>}:prompt:{prompt_hash}`; `ttl: None` is
     /// 30 minutes. Hash prompts with [`prompt_hash`].
-    pub async fn cache_ai_response<T: Serialize + ?Sized>(
+    pub async fn cache_ai_response<T: Storable + ?Sized>(
         &self,
         user_id: &str,
         prompt_hash: &str,
@@ -133,7 +143,7 @@ impl CacheService {
     }
 
     /// Reads what [`cache_ai_response`](Self::cache_ai_response) stored.
-    pub async fn get_ai_response<T: DeserializeOwned>(
+    pub async fn get_ai_response<T: Serialize + DeserializeOwned>(
         &self,
         user_id: &str,
         prompt_hash: &str,
@@ -144,7 +154,7 @@ impl CacheService {
 
     /// Stores trading data at `{prefix}:trading:{user:<id>}:{symbol}:{data_type}`; `ttl: None`
     /// is 15 minutes.
-    pub async fn cache_trading_data<T: Serialize + ?Sized>(
+    pub async fn cache_trading_data<T: Storable + ?Sized>(
         &self,
         user_id: &str,
         symbol: &str,
@@ -163,7 +173,7 @@ impl CacheService {
     }
 
     /// Reads what [`cache_trading_data`](Self::cache_trading_data) stored.
-    pub async fn get_trading_data<T: DeserializeOwned>(
+    pub async fn get_trading_data<T: Serialize + DeserializeOwned>(
         &self,
         user_id: &str,
         symbol: &str,

@@ -222,7 +222,7 @@ fn key_of_site(
     site: &'static cache_runtime::__private::Site,
     x: u32,
 ) -> cache_runtime::__private::CallKey {
-    let mut k = cache_runtime::__private::KeyBuilder::new(site);
+    let mut k = cache_runtime::__private::KeyBuilder::new::<u32>(site);
     k.arg(&x);
     k.finish()
 }
@@ -524,7 +524,7 @@ mod golden {
 /// Pinned: a change here changes every stored key of decorated functions (the key layout,
 /// the signature fingerprint, or the argument hash). Bump deliberately, never by accident.
 const GOLDEN_METRICS_KEY: &str =
-    "tradistry:analytics:macro_behaviour::golden::metrics:v1:cd673f11efa1ce037d275acf95ad6409";
+    "tradistry:analytics:macro_behaviour::golden::metrics:v1:ed3b9b4ab4962a2593d1c3d4889c09b7";
 
 #[tokio::test]
 async fn golden_key_vector() {
@@ -603,14 +603,24 @@ async fn trait_impl_methods_are_cached() {
 mod invalidated_during_run {
     use super::*;
     use std::sync::atomic::AtomicU32;
+    use tokio::sync::Notify;
 
     pub(super) static SOURCE: AtomicU32 = AtomicU32::new(1);
+    pub(super) static RUNS: AtomicUsize = AtomicUsize::new(0);
+    /// The first run has read its source (a permit is stored for the test).
+    pub(super) static FIRST_READ: Notify = Notify::const_new();
+    /// Lets the first run finish.
+    pub(super) static FIRST_MAY_FINISH: Notify = Notify::const_new();
 
-    /// Reads its source of truth, then takes a while (as a database query would).
+    /// Reads its source of truth, then takes a while (as a database query would): the
+    /// first run until the test lets it finish, later runs not at all.
     #[cache_result(namespace = "invalidation")]
     pub(super) async fn slow_read(x: u32) -> u32 {
         let v = SOURCE.load(SeqCst);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        if RUNS.fetch_add(1, SeqCst) == 0 {
+            FIRST_READ.notify_one();
+            FIRST_MAY_FINISH.notified().await;
+        }
         v * 1000 + x
     }
 }
@@ -618,21 +628,36 @@ mod invalidated_during_run {
 /// An invalidation while a call is running ends that call's flight: a later call runs its
 /// body (sees the new data) instead of joining it, and the old call does not store its
 /// now stale result.
+///
+/// No sleeps: the old call is held inside its body (after reading the old data) until
+/// the invalidation and the new call are done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_during_a_running_call_is_not_undone_by_it() {
-    use invalidated_during_run::{slow_read, slow_read_invalidate, SOURCE};
+    use invalidated_during_run::{
+        slow_read, slow_read_invalidate, FIRST_MAY_FINISH, FIRST_READ, RUNS, SOURCE,
+    };
     setup();
     let old = tokio::spawn(slow_read(7));
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // The old call is inside its body and has read the old data.
+    FIRST_READ.notified().await;
     SOURCE.store(2, SeqCst);
     assert_eq!(slow_read_invalidate(&7).await.ok(), Some(false));
-    // Does not join the old flight: runs the body and reads the new data.
-    assert_eq!(slow_read(7).await, 2007);
+    // Does not join the old flight (which would wait for the old call, held until below):
+    // runs the body and reads the new data.
+    let new = tokio::time::timeout(Duration::from_secs(10), slow_read(7)).await;
+    assert_eq!(
+        new.ok(),
+        Some(2007),
+        "a call after the invalidation joined the flight that predates it"
+    );
+    FIRST_MAY_FINISH.notify_one();
     assert_eq!(
         old.await.ok(),
         Some(1007),
         "the old caller still gets its own result"
     );
+    assert_eq!(RUNS.load(SeqCst), 2);
     // The old flight did not overwrite the fresh entry with its stale value.
     assert_eq!(slow_read(7).await, 2007);
+    assert_eq!(RUNS.load(SeqCst), 2, "the fresh entry is a hit");
 }

@@ -399,7 +399,7 @@ async fn clear_namespace_deletes_exactly_that_namespace() {
     let cache = Cache::new(config_for(&server)).unwrap();
     let analytics = cache.namespace("analytics").unwrap();
     for key in ["a", "b", "c*"] {
-        analytics.set(key, &key, None).await.unwrap();
+        analytics.set(key, key, None).await.unwrap();
     }
     cache
         .namespace("analytics2")
@@ -414,7 +414,7 @@ async fn clear_namespace_deletes_exactly_that_namespace() {
         .await
         .unwrap();
     CacheService::new(cache.clone())
-        .cache_user_data("u1", "profile", &"p", None)
+        .cache_user_data("u1", "profile", "p", None)
         .await
         .unwrap();
     let mut con = raw_client(&server);
@@ -490,7 +490,7 @@ async fn seed_users(server: &RedisServer) {
             .await
             .unwrap();
         service
-            .cache_ai_response(user, &prompt_hash("hi"), &"hello", None)
+            .cache_ai_response(user, &prompt_hash("hi"), "hello", None)
             .await
             .unwrap();
         service

@@ -354,7 +354,7 @@ fn hostile_ids_symbols_and_data_types_never_touch_other_keys() {
         }
         // Another user's data and keys that a glob or a forged segment would reach.
         service
-            .cache_user_data("victim", "profile", &"victim profile", None)
+            .cache_user_data("victim", "profile", "victim profile", None)
             .await
             .unwrap();
         assert_eq!(
@@ -575,13 +575,19 @@ fn corruptions(valid: &[u8], wrong_value_json: &[u8]) -> Vec<(&'static str, Vec<
         ("trailing byte", trailing),
         (
             "huge length claim",
-            vec![
-                0xC1, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, b'x',
-            ],
+            [
+                &valid[..10],
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, b'x'][..],
+            ]
+            .concat(),
         ),
         (
             "unknown envelope version",
-            [&[0xC2u8][..], &valid[1..]].concat(),
+            [&[0xC3u8][..], &valid[1..]].concat(),
+        ),
+        (
+            "the envelope of another shape",
+            [&valid[..2], &[0u8; 8][..], &valid[10..]].concat(),
         ),
         ("plain text", b"{\"user\":\"mallory\"}".to_vec()),
     ]
@@ -764,7 +770,7 @@ fn property_random_ids_and_values_are_isolated_and_round_trip() {
     let service = CacheService::new(cache().clone());
     block_on(async {
         service
-            .cache_user_data("victim", "profile", &"victim profile", None)
+            .cache_user_data("victim", "profile", "victim profile", None)
             .await
             .unwrap();
     });

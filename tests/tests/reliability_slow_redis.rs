@@ -20,6 +20,9 @@ use reliability_support::{block_on, median, poll_until, Proxy};
 
 const SOCKET_TIMEOUT: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// While open, the breaker lets one probe through per interval (`PROBE_INTERVAL` in
+/// cache-runtime/src/backend/redis/breaker.rs; README, "Failure behaviour").
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 static LOCK: Mutex<()> = Mutex::new(());
 static PROXY: OnceLock<Proxy> = OnceLock::new();
@@ -95,8 +98,10 @@ async fn wait_for_hits(limit: Duration) -> Duration {
 /// "A call takes at most the socket timeout plus its body": one decorated call on a cold
 /// key while Redis hangs, with a healthy circuit breaker (the first call to notice).
 ///
-/// Today a miss pays the socket timeout twice: once for the GET, then again for the SET
-/// after the body (`__private::run` awaits the store before returning the result).
+/// The read pays the socket timeout once; the body runs; the store is skipped because the
+/// read just failed on a connection fault (`engine/call.rs`), so the timeout is not paid a
+/// second time. (A regression that stored anyway would take about twice the timeout and
+/// fail the bound.)
 #[test]
 fn a_call_against_a_hung_redis_takes_at_most_the_socket_timeout_plus_its_body() {
     const BODY_MS: u64 = 100;
@@ -136,13 +141,20 @@ fn a_call_against_a_hung_redis_takes_at_most_the_socket_timeout_plus_its_body() 
 }
 
 /// While Redis hangs every call still returns the right value within the timeouts; after
-/// the breaker opens calls stop paying the timeout; once Redis answers, caching resumes.
+/// the breaker opens calls stop paying the timeout, and only one probe per
+/// [`PROBE_INTERVAL`] goes to Redis however many callers there are; health says the
+/// circuit is open and why; once Redis answers, caching resumes.
 #[test]
 fn breaker_stops_paying_the_timeout_and_probes_until_redis_is_back() {
     const BODY_MS: u64 = 5;
-    // Generous: the read and the store may each pay the socket timeout (see the test
-    // above), plus scheduling noise on a shared machine.
-    let generous = 2 * SOCKET_TIMEOUT + Duration::from_millis(BODY_MS) + Duration::from_secs(1);
+    /// Concurrent callers while the breaker is open: without the one-probe-at-a-time rule,
+    /// each of them would pay the timeout once per interval.
+    const CALLERS: usize = 8;
+    /// How long the open breaker is watched.
+    const WINDOW: Duration = Duration::from_millis(2500);
+    // A call pays the socket timeout at most once (the read; the store is skipped after a
+    // connection fault), plus its body, plus 1 s of scheduling noise on a shared machine.
+    let generous = SOCKET_TIMEOUT + Duration::from_millis(BODY_MS) + Duration::from_secs(1);
     let server = RedisServer::plain();
     let _guard = setup(&server);
     let cache = cache_runtime::global().expect("global");
@@ -161,6 +173,7 @@ fn breaker_stops_paying_the_timeout_and_probes_until_redis_is_back() {
         // 20 concurrent calls on stored keys while the breaker is still closed: each pays
         // the timeout, then runs its body; their requests stay held in the proxy (and
         // their replies arrive after the stall, when nobody waits for them any more).
+        // 20 connection faults in a row: more than the breaker's threshold (5).
         let reads: Vec<_> = stored
             .iter()
             .take(20)
@@ -187,23 +200,72 @@ fn breaker_stops_paying_the_timeout_and_probes_until_redis_is_back() {
             "a call took {slowest:?} (bound {generous:?})"
         );
 
-        // Breaker open: calls fail over to the body at once; one probe per 500 ms pays
-        // the timeout.
-        // Long enough (1.5 s) for a few probes.
-        let mut fast = Vec::new();
+        // Breaker open: calls fail over to the body at once; one probe at a time, at most
+        // one per PROBE_INTERVAL, pays the timeout. A call that took the socket timeout or
+        // more is a probe (nothing else in a fast-failing call waits that long).
         let open_phase = Instant::now();
-        while fast.len() < 40 || open_phase.elapsed() < Duration::from_millis(1500) {
-            fast.push(timed_miss(BODY_MS).await);
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut took = Vec::new();
+                    while open_phase.elapsed() < WINDOW {
+                        let start = Instant::now();
+                        took.push((start, timed_miss(BODY_MS).await));
+                    }
+                    took
+                })
+            })
+            .collect();
+        let mut timed = Vec::new();
+        for caller in callers {
+            timed.extend(caller.await.expect("no panic"));
         }
-        let open_phase = open_phase.elapsed();
-        let calls = fast.len();
-        let probes = fast.iter().filter(|d| **d >= SOCKET_TIMEOUT).count();
+        let window = open_phase.elapsed();
+        let calls = timed.len();
+        // A probe's read fails at the socket timeout, and the breaker then stays open for
+        // PROBE_INTERVAL: the next probe cannot start sooner than that after the previous
+        // one started plus the timeout. (A timer never fires early, so a late one only
+        // makes the measured pause longer; see the margin below for the other side.)
+        let mut probes: Vec<Instant> = timed
+            .iter()
+            .filter(|(_, took)| *took >= SOCKET_TIMEOUT)
+            .map(|(start, _)| *start)
+            .collect();
+        probes.sort();
+        let gaps: Vec<Duration> = probes
+            .windows(2)
+            .map(|w| w[1].saturating_duration_since(w[0] + SOCKET_TIMEOUT))
+            .collect();
+        let min_gap = gaps.iter().min().copied();
+        let probes = probes.len();
+        let mut fast: Vec<Duration> = timed.iter().map(|(_, took)| *took).collect();
         let slowest = fast.iter().max().copied().unwrap_or_default();
         let med = median(&mut fast);
+        // One probe per interval at most, plus one at each edge of the window (a probe in
+        // flight when it starts, one let through as it ends).
+        let max_probes = (window.as_secs_f64() / PROBE_INTERVAL.as_secs_f64()).floor() as usize + 2;
         println!(
-            "stalled, breaker open: {calls} calls in {open_phase:?}, median {med:?}, slowest {slowest:?}, {probes} paid the timeout (probes)"
+            "stalled, breaker open: {CALLERS} callers, {calls} calls in {window:?}, median {med:?}, \
+             slowest {slowest:?}, {probes} paid the timeout (probes; bound {max_probes}), \
+             shortest pause between a failed probe and the next {min_gap:?}"
         );
-        assert!(probes >= 1, "no probe in {open_phase:?}");
+        assert!(
+            probes >= 1,
+            "no probe in {window:?}: the breaker never retries"
+        );
+        assert!(
+            probes <= max_probes,
+            "{probes} calls paid the timeout in {window:?}: more than one probe per \
+             {PROBE_INTERVAL:?} (bound {max_probes})"
+        );
+        // 150 ms of margin: the breaker's clock counts whole milliseconds, and on a loaded
+        // machine a caller's thread may be descheduled between its timestamp and the
+        // breaker's check (which makes the measured pause look shorter).
+        assert!(
+            min_gap.is_none_or(|gap| gap + Duration::from_millis(150) >= PROBE_INTERVAL),
+            "a probe followed a failed one after {min_gap:?}, within the {PROBE_INTERVAL:?} \
+             the breaker must stay open"
+        );
         assert!(
             med < Duration::from_millis(50),
             "median {med:?}: the breaker should spare calls the {SOCKET_TIMEOUT:?} timeout"
@@ -212,13 +274,35 @@ fn breaker_stops_paying_the_timeout_and_probes_until_redis_is_back() {
             slowest < generous,
             "slowest {slowest:?} (bound {generous:?})"
         );
-        let health = cache.health().await;
+
+        // Health: the circuit is open, and the error names the fault behind it (the
+        // breaker's own "bypassed" error says nothing about the cause). A health check may
+        // itself be the probe (then its error is the timeout itself); right after that
+        // the breaker is open again, so a few checks suffice.
+        let timeout_text = format!("Redis did not answer within {SOCKET_TIMEOUT:?}");
+        let mut checks = Vec::new();
+        let reported = poll_until(Duration::from_secs(5), Duration::ZERO, async || {
+            let health = cache.health().await;
+            let ok = health.circuit_open
+                && health.status == "unhealthy"
+                && health.error.as_deref().is_some_and(|e| {
+                    e.starts_with("the cache is temporarily bypassed")
+                        && e.contains(&format!("; last error: {timeout_text}"))
+                });
+            checks.push(health);
+            ok
+        })
+        .await;
+        let last = checks.last().expect("one health check");
         println!(
-            "health while stalled: {}",
-            serde_json::to_string(&health).unwrap()
+            "health while stalled ({} checks): {}",
+            checks.len(),
+            serde_json::to_string(last).unwrap()
         );
-        assert!(health.circuit_open, "{health:?}");
-        assert_eq!(health.status, "unhealthy");
+        assert!(
+            reported.is_some(),
+            "health never said the circuit is open because of the timeout: {checks:#?}"
+        );
 
         // Redis answers again: a probe closes the breaker and caching resumes.
         proxy().forward();
@@ -241,8 +325,8 @@ fn breaker_stops_paying_the_timeout_and_probes_until_redis_is_back() {
         assert_eq!(ran, 0, "entries stored before the stall are hits again");
         let health = cache.health().await;
         assert_eq!(
-            (health.status, health.circuit_open),
-            ("healthy", false),
+            (health.status, health.circuit_open, health.error.as_deref()),
+            ("healthy", false, None),
             "{health:?}"
         );
     });

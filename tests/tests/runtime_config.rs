@@ -27,7 +27,7 @@ fn error_of(pairs: &[(&str, &str)]) -> String {
 
 async fn roundtrip(cache: &Cache) {
     let ns = cache.namespace("cfg").unwrap();
-    ns.set("k", &"v", Some(TTL)).await.expect("set");
+    ns.set("k", "v", Some(TTL)).await.expect("set");
     assert_eq!(
         ns.get::<String>("k").await.expect("get").as_deref(),
         Some("v")
@@ -215,7 +215,7 @@ async fn unusable_ca_files_fail_clearly() {
                 Ok(cache) => cache
                     .namespace("cfg")
                     .unwrap()
-                    .set("k", &"v", Some(TTL))
+                    .set("k", "v", Some(TTL))
                     .await
                     .expect_err("a connection without a usable CA must fail"),
             },
@@ -285,7 +285,7 @@ async fn embedded_settings_apply() {
         ("CACHE_MAX_VALUE_BYTES", "100"),
     ]);
     let ns = cache.namespace("custom").unwrap();
-    ns.set("k", &"v", None).await.unwrap();
+    ns.set("k", "v", None).await.unwrap();
     match ns.get_ttl("k").await.unwrap() {
         KeyTtl::ExpiresIn(d) => {
             assert!(d <= Duration::from_secs(120) && d > Duration::from_secs(110))
@@ -349,7 +349,7 @@ async fn acl_user_and_password_with_special_characters() {
     let err = cache
         .namespace("cfg")
         .unwrap()
-        .set("k", &"v", Some(TTL))
+        .set("k", "v", Some(TTL))
         .await
         .unwrap_err();
     assert!(matches!(err, CacheError::Auth { .. }), "{err:?}");
@@ -418,9 +418,10 @@ async fn codec_prefix_database_and_pool_variables_reach_redis() {
         .unwrap();
     assert_eq!(
         stored[..2],
-        [cache_runtime::codec::FORMAT_V1, CodecKind::Json.id()]
+        [cache_runtime::codec::FORMAT_V2, CodecKind::Json.id()]
     );
-    assert_eq!(&stored[2..], b"[1,2,3]");
+    // Bytes 2..10 are the shape tag of `Vec<i32>`; the JSON text follows.
+    assert_eq!(&stored[10..], b"[1,2,3]");
 }
 
 // --------------------------------------------------------------- .env (child)

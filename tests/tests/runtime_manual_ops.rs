@@ -1,6 +1,8 @@
 //! Manual cache operations and the service API, with the same test bodies run against
-//! every backend: the embedded store, plain Redis, TLS Redis, and plain Redis with the L1
-//! enabled (real `redis-server` processes started by the `cache-tests` harness).
+//! every backend: the embedded store, plain Redis, TLS Redis, plain Redis with the L1
+//! enabled, and a Redis Cluster (3 primaries, 1 replica each), plain and TLS (real
+//! `redis-server` processes started by the `cache-tests` harness). Each cluster is started
+//! once for this binary; its tests take turns on it, each starting from an empty cluster.
 //!
 //! Test names are `<body>::<backend>`, e.g. `typed_roundtrip_both_codecs::tls`, so
 //! `cargo test --test runtime_manual_ops ::tls` runs one backend.
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use cache_runtime::service::{prompt_hash, CacheService};
 use cache_runtime::{Cache, CacheConfig, CacheConfigBuilder, CacheError, CodecKind, KeyTtl};
-use cache_tests::{keyspace, raw_client, RedisServer, TlsOptions};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use cache_tests::{keyspace, raw_client, ClusterOptions, RedisCluster, RedisServer, TlsOptions};
 use serde::{Deserialize, Serialize};
 
 const TTL: Duration = Duration::from_secs(600);
@@ -22,29 +26,84 @@ enum Kind {
     Tls,
     /// Plain Redis with the optional in-process L1 in front (`CACHE_L1=true`).
     PlainL1,
+    /// A Redis Cluster found by `REDIS_CLUSTER=auto` from one node's URL.
+    Cluster,
+    /// A TLS Redis Cluster given as `REDIS_CLUSTER=true` with every node in
+    /// `REDIS_CLUSTER_NODES`.
+    ClusterTls,
 }
+
+static CLUSTER: LazyLock<RedisCluster> =
+    LazyLock::new(|| RedisCluster::start(ClusterOptions::default()));
+static CLUSTER_TLS: LazyLock<RedisCluster> = LazyLock::new(|| {
+    RedisCluster::start(ClusterOptions {
+        tls: true,
+        ..ClusterOptions::default()
+    })
+});
+/// One test at a time on the clusters (the bodies check the whole keyspace).
+static CLUSTER_TURN: Mutex<()> = Mutex::new(());
 
 /// One backend under test: the server (for Redis) and how to build caches on it.
 struct Fixture {
     server: Option<RedisServer>,
+    cluster: Option<(&'static RedisCluster, MutexGuard<'static, ()>)>,
     l1: bool,
+    cluster_nodes: bool,
 }
 
 impl Fixture {
     fn start(kind: Kind) -> Self {
         let server = match kind {
-            Kind::Embedded => None,
+            Kind::Embedded | Kind::Cluster | Kind::ClusterTls => None,
             Kind::Plain | Kind::PlainL1 => Some(RedisServer::plain()),
             Kind::Tls => Some(RedisServer::tls(TlsOptions::default())),
         };
+        let cluster = match kind {
+            Kind::Cluster => Some(&*CLUSTER),
+            Kind::ClusterTls => Some(&*CLUSTER_TLS),
+            _ => None,
+        }
+        .map(|cluster| {
+            let turn = CLUSTER_TURN
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cluster.flushall();
+            (cluster, turn)
+        });
         Self {
             server,
+            cluster,
             l1: matches!(kind, Kind::PlainL1),
+            cluster_nodes: matches!(kind, Kind::ClusterTls),
         }
     }
 
     fn builder(&self) -> CacheConfigBuilder {
         let builder = CacheConfig::builder();
+        if let Some((cluster, _)) = &self.cluster {
+            let builder = builder
+                .url(cluster.url())
+                .socket_timeout(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(5));
+            let builder = if self.cluster_nodes {
+                let nodes = cluster
+                    .nodes()
+                    .iter()
+                    .map(|n| cache_runtime::config::NodeAddr::new("127.0.0.1", n.port()))
+                    .collect::<Vec<_>>();
+                builder
+                    .cluster(cache_runtime::config::ClusterMode::Enabled)
+                    .cluster_nodes(nodes)
+            } else {
+                builder
+            };
+            return if cluster.options().tls {
+                builder.ca_certs(cluster.ca_cert_path())
+            } else {
+                builder
+            };
+        }
         let Some(server) = &self.server else {
             return builder;
         };
@@ -67,7 +126,7 @@ impl Fixture {
     fn cache_with(&self, f: impl FnOnce(CacheConfigBuilder) -> CacheConfigBuilder) -> Cache {
         let config = f(self.builder()).build().expect("valid test config");
         let cache = Cache::new(config).expect("cache");
-        let expected = if self.server.is_some() {
+        let expected = if self.server.is_some() || self.cluster.is_some() {
             "redis"
         } else {
             "embedded"
@@ -76,19 +135,61 @@ impl Fixture {
         cache
     }
 
-    /// Every key of the Redis server (`None` for the embedded store).
+    /// Every key of the Redis server or cluster (`None` for the embedded store).
     fn keyspace(&self) -> Option<BTreeMap<String, Vec<u8>>> {
+        if let Some((cluster, _)) = &self.cluster {
+            return Some(cluster.keyspace());
+        }
         self.server.as_ref().map(keyspace)
     }
 
-    /// A raw admin connection to the Redis server (`None` for the embedded store).
-    fn raw(&self) -> Option<redis::Connection> {
-        self.server.as_ref().map(raw_client)
+    /// A raw admin connection to the Redis server or cluster (`None` for the embedded store).
+    fn raw(&self) -> Option<Raw> {
+        if let Some((cluster, _)) = &self.cluster {
+            let con = cluster
+                .cluster_client()
+                .get_connection()
+                .expect("raw cluster connection");
+            return Some(Raw(Box::new(con)));
+        }
+        self.server.as_ref().map(|s| Raw(Box::new(raw_client(s))))
     }
 }
 
-/// Runs each body against every backend: `<body>::embedded`, `::plain`, `::tls`, and
-/// `::plain_l1` (Redis with the in-process L1 enabled).
+/// A raw connection to a server or a cluster (which routes each command by its key).
+struct Raw(Box<dyn redis::ConnectionLike>);
+
+impl redis::ConnectionLike for Raw {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        self.0.req_command(cmd)
+    }
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+    fn supports_pipelining(&self) -> bool {
+        self.0.supports_pipelining()
+    }
+    fn check_connection(&mut self) -> bool {
+        self.0.check_connection()
+    }
+    fn is_open(&self) -> bool {
+        self.0.is_open()
+    }
+}
+
+/// Runs each body against every backend: `<body>::embedded`, `::plain`, `::tls`,
+/// `::plain_l1` (Redis with the in-process L1 enabled), `::cluster` and `::cluster_tls`.
 macro_rules! on_every_backend {
     ($($body:ident),* $(,)?) => {$(
         mod $body {
@@ -112,6 +213,16 @@ macro_rules! on_every_backend {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn plain_l1() {
                 super::$body(Fixture::start(Kind::PlainL1)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$body(Fixture::start(Kind::Cluster)).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster_tls() {
+                super::$body(Fixture::start(Kind::ClusterTls)).await;
             }
         }
     )*};
@@ -177,7 +288,7 @@ fn keys_of(map: &BTreeMap<String, Vec<u8>>) -> BTreeSet<String> {
     map.keys().cloned().collect()
 }
 
-fn pttl(con: &mut redis::Connection, key: &str) -> i64 {
+fn pttl(con: &mut dyn redis::ConnectionLike, key: &str) -> i64 {
     redis::cmd("PTTL").arg(key).query(con).expect("PTTL")
 }
 
@@ -243,15 +354,32 @@ async fn typed_roundtrip_both_codecs(f: Fixture) {
         assert_eq!(counters.stores, 6, "{counters:?}");
         assert_eq!(counters.errors, 0, "{counters:?}");
 
-        // On Redis the bytes are the documented envelope: [0xC1, codec id, payload].
+        // On Redis the bytes are the documented envelope: [0xC2, codec id, shape tag (8
+        // bytes), payload].
         if let Some(ks) = f.keyspace() {
             let raw = &ks[&ns.key(&key)];
-            assert_eq!(raw[..2], [cache_runtime::codec::FORMAT_V1, codec.id()]);
+            assert_eq!(raw[..2], [cache_runtime::codec::FORMAT_V2, codec.id()]);
             if codec == CodecKind::Json {
-                let decoded: Portfolio = serde_json::from_slice(&raw[2..]).expect("JSON payload");
+                let decoded: Portfolio = serde_json::from_slice(&raw[10..]).expect("JSON payload");
                 assert_eq!(decoded, p);
             }
         }
+        // Read as another type that happens to decode the same bytes: a miss, never a value.
+        #[derive(Serialize, Deserialize, Debug, PartialEq)]
+        struct SwappedPosition {
+            price: f64,
+            quantity: i64,
+            symbol: String,
+        }
+        let px = Position {
+            symbol: "AAPL".into(),
+            quantity: 3,
+            price: 150.25,
+        };
+        ns.set("position", &px, Some(TTL)).await.unwrap();
+        assert_eq!(ns.get::<SwappedPosition>("position").await.unwrap(), None);
+        assert_eq!(ns.get::<Position>("position").await.unwrap(), Some(px));
+        assert_eq!(cache.counters()["portfolio"].shape_mismatches, 1);
     }
 }
 
@@ -272,8 +400,8 @@ async fn delete_returns_whether_it_existed(f: Fixture) {
     let cache = f.cache();
     let ns = cache.namespace("del").unwrap();
     assert!(!ns.delete("never").await.unwrap());
-    ns.set("k", &"v", Some(TTL)).await.unwrap();
-    ns.set("keep", &"v", Some(TTL)).await.unwrap();
+    ns.set("k", "v", Some(TTL)).await.unwrap();
+    ns.set("keep", "v", Some(TTL)).await.unwrap();
     assert!(ns.delete("k").await.unwrap());
     assert!(!ns.delete("k").await.unwrap());
     assert_eq!(ns.get::<String>("k").await.unwrap(), None);
@@ -282,7 +410,7 @@ async fn delete_returns_whether_it_existed(f: Fixture) {
         Some("v")
     );
     // A counter is a key like any other.
-    ns.increment("c", 1).await.unwrap();
+    ns.increment("c", 1, None).await.unwrap();
     assert!(ns.delete("c").await.unwrap());
     assert_eq!(ns.get_counter("c").await.unwrap(), None);
     if let Some(ks) = f.keyspace() {
@@ -311,14 +439,14 @@ async fn get_ttl_reports_remaining_lifetime(f: Fixture) {
 
     let ttl = Duration::from_secs(60);
     let start = Instant::now();
-    ns.set("k", &"v", Some(ttl)).await.unwrap();
+    ns.set("k", "v", Some(ttl)).await.unwrap();
     let got = ns.get_ttl("k").await.unwrap();
     assert_expires_in(got, ttl, start.elapsed());
     assert!((59..=60).contains(&got.as_redis_secs()), "{got:?}");
 
     // Sub-second precision.
     let start = Instant::now();
-    ns.set("ms", &"v", Some(Duration::from_millis(1500)))
+    ns.set("ms", "v", Some(Duration::from_millis(1500)))
         .await
         .unwrap();
     assert_expires_in(
@@ -330,7 +458,7 @@ async fn get_ttl_reports_remaining_lifetime(f: Fixture) {
     // `None` uses the namespace's strategy: custom namespaces get ttl_default,
     // the seed's namespaces their own.
     let start = Instant::now();
-    ns.set("default", &"v", None).await.unwrap();
+    ns.set("default", "v", None).await.unwrap();
     assert_expires_in(
         ns.get_ttl("default").await.unwrap(),
         Duration::from_secs(120),
@@ -345,7 +473,7 @@ async fn get_ttl_reports_remaining_lifetime(f: Fixture) {
     ] {
         let ns = cache.namespace(name).unwrap();
         let start = Instant::now();
-        ns.set("k", &"v", None).await.unwrap();
+        ns.set("k", "v", None).await.unwrap();
         assert_expires_in(
             ns.get_ttl("k").await.unwrap(),
             Duration::from_secs(secs),
@@ -353,17 +481,20 @@ async fn get_ttl_reports_remaining_lifetime(f: Fixture) {
         );
     }
 
-    // Missing key, and a counter (created without expiry).
+    // Missing key, and a counter: created with the namespace's TTL.
     let missing = ns.get_ttl("missing").await.unwrap();
     assert_eq!(missing, KeyTtl::Missing);
     assert_eq!(missing.as_redis_secs(), -2);
-    ns.increment("counter", 1).await.unwrap();
-    let persistent = ns.get_ttl("counter").await.unwrap();
-    assert_eq!(persistent, KeyTtl::Persistent);
-    assert_eq!(persistent.as_redis_secs(), -1);
+    let start = Instant::now();
+    ns.increment("counter", 1, None).await.unwrap();
+    assert_expires_in(
+        ns.get_ttl("counter").await.unwrap(),
+        Duration::from_secs(120),
+        start.elapsed(),
+    );
 
     // A TTL of zero is refused, nothing is stored.
-    assert!(ns.set("zero", &"v", Some(Duration::ZERO)).await.is_err());
+    assert!(ns.set("zero", "v", Some(Duration::ZERO)).await.is_err());
     assert!(!ns.exists("zero").await.unwrap());
 
     if let Some(mut raw) = f.raw() {
@@ -375,10 +506,10 @@ async fn get_ttl_reports_remaining_lifetime(f: Fixture) {
 async fn ttl_expiry_removes_the_value(f: Fixture) {
     let cache = f.cache();
     let ns = cache.namespace("expiry").unwrap();
-    ns.set("short", &"v", Some(Duration::from_secs(1)))
+    ns.set("short", "v", Some(Duration::from_secs(1)))
         .await
         .unwrap();
-    ns.set("long", &"v", Some(Duration::from_secs(30)))
+    ns.set("long", "v", Some(Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(
@@ -405,19 +536,40 @@ async fn ttl_expiry_removes_the_value(f: Fixture) {
 async fn counters_increment_and_read(f: Fixture) {
     let cache = f.cache();
     let ns = cache.namespace("counters").unwrap();
-    assert_eq!(ns.increment("c", 5).await.unwrap(), 5);
-    assert_eq!(ns.increment("c", 1).await.unwrap(), 6);
-    assert_eq!(ns.increment("c", -8).await.unwrap(), -2);
-    assert_eq!(ns.increment("c", 0).await.unwrap(), -2);
+    assert_eq!(ns.increment("c", 5, None).await.unwrap(), 5);
+    assert_eq!(ns.increment("c", 1, None).await.unwrap(), 6);
+    assert_eq!(ns.increment("c", -8, None).await.unwrap(), -2);
+    assert_eq!(ns.increment("c", 0, None).await.unwrap(), -2);
     assert_eq!(ns.get_counter("c").await.unwrap(), Some(-2));
-    assert_eq!(ns.increment("fresh", -3).await.unwrap(), -3);
+    assert_eq!(ns.increment("fresh", -3, None).await.unwrap(), -3);
     assert_eq!(ns.get_counter("missing").await.unwrap(), None);
-    // A counter is not an encoded value: reading it as one is a miss.
-    assert_eq!(ns.get::<i64>("c").await.unwrap(), None);
+    // A counter is an integer value: read back as one (any integer type it fits).
+    assert_eq!(ns.get::<i64>("c").await.unwrap(), Some(-2));
+    assert_eq!(ns.get::<u32>("c").await.unwrap(), None, "-2 is no u32");
+    assert_eq!(ns.get::<String>("c").await.unwrap(), None);
+    // An integer `set` stores is a counter.
+    ns.set("from-set", &40u64, Some(TTL)).await.unwrap();
+    assert_eq!(ns.increment("from-set", 2, None).await.unwrap(), 42);
+    assert_eq!(ns.get::<u64>("from-set").await.unwrap(), Some(42));
+    // A counter gets the TTL it is created with, and one made by `set` keeps its own.
+    let start = Instant::now();
+    ns.increment("ttl-given", 1, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_expires_in(
+        ns.get_ttl("ttl-given").await.unwrap(),
+        Duration::from_secs(30),
+        start.elapsed(),
+    );
+    assert_expires_in(
+        ns.get_ttl("from-set").await.unwrap(),
+        TTL,
+        start.elapsed() + Duration::from_secs(2),
+    );
 
     // A value that is not a counter: NotACounter, and the value is left alone.
-    ns.set("text", &"hello", Some(TTL)).await.unwrap();
-    let err = ns.increment("text", 1).await.unwrap_err();
+    ns.set("text", "hello", Some(TTL)).await.unwrap();
+    let err = ns.increment("text", 1, None).await.unwrap_err();
     assert!(matches!(err, CacheError::NotACounter(_)), "{err:?}");
     assert!(
         err.to_string().contains("integer counter"),
@@ -431,12 +583,12 @@ async fn counters_increment_and_read(f: Fixture) {
     );
 
     // Overflow is refused and the counter keeps its value.
-    assert_eq!(ns.increment("big", i64::MAX).await.unwrap(), i64::MAX);
-    let err = ns.increment("big", 1).await.unwrap_err();
+    assert_eq!(ns.increment("big", i64::MAX, None).await.unwrap(), i64::MAX);
+    let err = ns.increment("big", 1, None).await.unwrap_err();
     assert!(matches!(err, CacheError::NotACounter(_)), "{err:?}");
     assert_eq!(ns.get_counter("big").await.unwrap(), Some(i64::MAX));
-    assert_eq!(ns.increment("min", i64::MIN).await.unwrap(), i64::MIN);
-    let err = ns.increment("min", -1).await.unwrap_err();
+    assert_eq!(ns.increment("min", i64::MIN, None).await.unwrap(), i64::MIN);
+    let err = ns.increment("min", -1, None).await.unwrap_err();
     assert!(matches!(err, CacheError::NotACounter(_)), "{err:?}");
 
     if let Some(mut raw) = f.raw() {
@@ -455,7 +607,7 @@ async fn counters_increment_and_read(f: Fixture) {
             .arg(100)
             .exec(&mut raw)
             .unwrap();
-        assert_eq!(ns.increment("ttl", 1).await.unwrap(), 11);
+        assert_eq!(ns.increment("ttl", 1, None).await.unwrap(), 11);
         let start = Instant::now();
         assert_expires_in(
             ns.get_ttl("ttl").await.unwrap(),
@@ -470,7 +622,7 @@ async fn counters_increment_and_read(f: Fixture) {
             .arg("v")
             .exec(&mut raw)
             .unwrap();
-        let err = ns.increment("hash", 1).await.unwrap_err();
+        let err = ns.increment("hash", 1, None).await.unwrap_err();
         assert!(matches!(err, CacheError::NotACounter(_)), "{err:?}");
     }
 }
@@ -483,7 +635,7 @@ async fn clear_namespace_deletes_only_that_namespace(f: Fixture) {
     for i in 0..BULK {
         bulk.set(&format!("k{i}"), &i, Some(TTL)).await.unwrap();
     }
-    bulk.increment("counter", 1).await.unwrap();
+    bulk.increment("counter", 1, None).await.unwrap();
     // Neighbours: a namespace sharing the name's prefix, another namespace, the same
     // namespace under another key prefix, and user data.
     for i in 0..5 {
@@ -504,7 +656,7 @@ async fn clear_namespace_deletes_only_that_namespace(f: Fixture) {
     }
     let service = CacheService::new(cache.clone());
     service
-        .cache_user_data("u1", "profile", &"p", None)
+        .cache_user_data("u1", "profile", "p", None)
         .await
         .unwrap();
 
@@ -629,12 +781,12 @@ async fn invalid_namespace_is_rejected(f: Fixture) {
 async fn too_large_value_is_not_stored(f: Fixture) {
     let cache = f.cache_with(|b| b.max_value_bytes(1024));
     let ns = cache.namespace("big").unwrap();
-    // bincode Vec<u8>: 8-byte length + bytes, plus the 2-byte envelope.
-    let fits = vec![7u8; 1014];
+    // bincode Vec<u8>: 8-byte length + bytes, plus the 10-byte envelope.
+    let fits = vec![7u8; 1006];
     ns.set("fits", &fits, Some(TTL)).await.unwrap();
     assert_eq!(ns.get::<Vec<u8>>("fits").await.unwrap(), Some(fits));
 
-    match ns.set("too", &vec![7u8; 1015], Some(TTL)).await {
+    match ns.set("too", &vec![7u8; 1007], Some(TTL)).await {
         Err(CacheError::TooLarge { size, limit }) => assert_eq!((size, limit), (1025, 1024)),
         other => panic!("expected TooLarge, got {other:?}"),
     }
@@ -675,22 +827,25 @@ async fn undecodable_value_is_a_miss_and_overwritten(f: Fixture) {
     let ns = cache.namespace("decode").unwrap();
 
     // A value of another type.
-    ns.set("s", &"a string", Some(TTL)).await.unwrap();
+    ns.set("s", "a string", Some(TTL)).await.unwrap();
     assert_eq!(ns.get::<Portfolio>("s").await.unwrap(), None);
     assert_eq!(ns.get::<u64>("s").await.unwrap(), None);
     assert_eq!(
         ns.get::<String>("s").await.unwrap().as_deref(),
         Some("a string")
     );
-    // A counter is not an envelope; the next set overwrites it.
-    ns.increment("c", 5).await.unwrap();
-    assert_eq!(ns.get::<i64>("c").await.unwrap(), None);
-    ns.set("c", &9i64, Some(TTL)).await.unwrap();
-    assert_eq!(ns.get::<i64>("c").await.unwrap(), Some(9));
+    // A counter read as a string is a miss; the next set overwrites it.
+    ns.increment("c", 5, None).await.unwrap();
+    assert_eq!(ns.get::<String>("c").await.unwrap(), None);
+    ns.set("c", "text now", Some(TTL)).await.unwrap();
+    assert_eq!(
+        ns.get::<String>("c").await.unwrap().as_deref(),
+        Some("text now")
+    );
     let mut misses = 3;
 
     if let Some(mut raw) = f.raw() {
-        let set_raw = |raw: &mut redis::Connection, key: &str, bytes: &[u8]| {
+        let set_raw = |raw: &mut dyn redis::ConnectionLike, key: &str, bytes: &[u8]| {
             redis::cmd("SET")
                 .arg(ns.key(key))
                 .arg(bytes)
@@ -702,13 +857,14 @@ async fn undecodable_value_is_a_miss_and_overwritten(f: Fixture) {
         set_raw(
             &mut raw,
             "json",
-            &CodecKind::Json.encode(&"json text", 1024).unwrap(),
+            &CodecKind::Json.encode("json text", 1024).unwrap(),
         );
         // A bincode envelope claiming a 2^63-byte string: a miss, not a huge allocation.
+        let header = &CodecKind::Bincode.encode("", 64).unwrap()[..10];
         set_raw(
             &mut raw,
             "huge-claim",
-            &[0xC1, 1, 0, 0, 0, 0, 0, 0, 0, 0x7f, b'x'],
+            &[header, &[0, 0, 0, 0, 0, 0, 0, 0x7f, b'x'][..]].concat(),
         );
         for key in ["garbage", "empty", "json", "huge-claim"] {
             assert_eq!(ns.get::<String>(key).await.unwrap(), None, "key {key}");
@@ -743,7 +899,7 @@ async fn undecodable_value_is_a_miss_and_overwritten(f: Fixture) {
             );
         }
         let ks = f.keyspace().unwrap();
-        assert_eq!(ks[&ns.key("hash")][..2], [0xC1, 1]);
+        assert_eq!(ks[&ns.key("hash")][..2], [0xC2, 1]);
     }
     let c = cache.counters()["decode"];
     assert_eq!(c.misses, misses, "{c:?}");
@@ -770,7 +926,7 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
     let index = "tradistry:__index:{user:123}";
 
     service
-        .cache_user_data("123", "profile", &"John", None)
+        .cache_user_data("123", "profile", "John", None)
         .await
         .unwrap();
     if let Some(ks) = f.keyspace() {
@@ -786,7 +942,7 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
         assert_eq!(ks[index], b"zset".to_vec());
     }
     service
-        .cache_ai_response("123", "abc123", &"an answer", None)
+        .cache_ai_response("123", "abc123", "an answer", None)
         .await
         .unwrap();
     service
@@ -797,7 +953,7 @@ async fn service_key_layout_and_roundtrip(f: Fixture) {
     assert_eq!(hash.len(), 32);
     assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
     service
-        .cache_ai_response("456", &hash, &"other user", Some(Duration::from_secs(60)))
+        .cache_ai_response("456", &hash, "other user", Some(Duration::from_secs(60)))
         .await
         .unwrap();
 
@@ -921,7 +1077,7 @@ async fn clear_user_cache_scopes(f: Fixture) {
     // A manual key that looks like user data but is in no index.
     let manual = service.cache().namespace("users").unwrap();
     manual
-        .set("user:123:profile", &"manual", Some(TTL))
+        .set("user:123:profile", "manual", Some(TTL))
         .await
         .unwrap();
 
@@ -1145,7 +1301,7 @@ async fn in_memory_constructor_works() {
     let ns = cache.namespace("custom").unwrap();
     ns.set("key", &portfolio(), Some(TTL)).await.unwrap();
     assert_eq!(ns.get::<Portfolio>("key").await.unwrap(), Some(portfolio()));
-    assert_eq!(ns.increment("counter", 5).await.unwrap(), 5);
+    assert_eq!(ns.increment("counter", 5, None).await.unwrap(), 5);
     assert_eq!(cache.clear_namespace("custom").await.unwrap(), 2);
     let health = cache.health().await;
     assert_eq!((health.status, health.connected), ("healthy", true));

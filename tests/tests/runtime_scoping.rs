@@ -160,6 +160,31 @@ async fn with_cache_keeps_parallel_tests_apart() {
     assert!(!scoped.counters().contains_key("scoped"));
 }
 
+#[cache_result(namespace = "scoped_again")]
+async fn quadruple(x: u64) -> u64 {
+    x * 4
+}
+
+#[tokio::test]
+async fn a_new_scope_cache_never_inherits_a_dropped_ones_state() {
+    // Sites keep the per-cache state of the last scope's cache; a cache dropped and a new
+    // one allocated at the same address must still count and store on its own.
+    for round in 0..50 {
+        let cache = Cache::in_memory();
+        with_cache(cache.clone(), async {
+            assert_eq!(quadruple(round).await, round * 4);
+            assert_eq!(quadruple(round).await, round * 4);
+        })
+        .await;
+        let c = cache.counters()["scoped_again"];
+        assert_eq!(
+            (c.misses, c.hits, c.stores),
+            (1, 1, 1),
+            "round {round}: {c:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cache_on_redis_and_the_cache_option_write_where_they_say() {
     let server = RedisServer::plain();

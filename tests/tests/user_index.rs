@@ -53,7 +53,7 @@ async fn expired_members_are_pruned_and_live_ones_kept() {
         .exec(&mut raw_client(&server))
         .unwrap();
     service
-        .cache_ai_response("u1", "live", &"answer", Some(Duration::from_secs(60)))
+        .cache_ai_response("u1", "live", "answer", Some(Duration::from_secs(60)))
         .await
         .unwrap();
 

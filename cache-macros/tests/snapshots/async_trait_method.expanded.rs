@@ -23,9 +23,9 @@ impl Repo for Pg {
             );
             #[allow(unused_mut, clippy::used_underscore_binding)]
             let __cache_key = {
-                let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
-                    &__CACHE_SITE,
-                );
+                let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+                    Row,
+                >(&__CACHE_SITE);
                 __cache_k.type_param::<Self>();
                 __cache_k.arg(self);
                 __cache_k.arg(&id);

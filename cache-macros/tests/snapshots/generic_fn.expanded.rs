@@ -14,7 +14,9 @@ where
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            String,
+        >(&__CACHE_SITE);
         __cache_k.type_param::<T>();
         __cache_k.arg(&N);
         __cache_k.arg(items);
@@ -78,7 +80,9 @@ where
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            String,
+        >(&__CACHE_SITE);
         __cache_k.type_param::<T>();
         __cache_k.arg(&N);
         __cache_k.arg(items);
@@ -121,7 +125,9 @@ where
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            String,
+        >(&__CACHE_SITE);
         __cache_k.type_param::<T>();
         __cache_k.arg(&N);
         __cache_k.arg(items);

@@ -9,9 +9,9 @@ impl Feed {
         );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
-            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
-                &__CACHE_SITE,
-            );
+            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+                Quote,
+            >(&__CACHE_SITE);
             __cache_k.type_param::<Self>();
             __cache_k.arg(symbol);
             __cache_k.finish()
@@ -69,9 +69,9 @@ impl Feed {
         );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
-            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
-                &__CACHE_SITE,
-            );
+            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+                Quote,
+            >(&__CACHE_SITE);
             __cache_k.type_param::<Self>();
             __cache_k.arg(symbol);
             __cache_k.finish()
@@ -109,9 +109,9 @@ impl Feed {
         );
         #[allow(unused_mut, clippy::used_underscore_binding)]
         let __cache_key = {
-            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(
-                &__CACHE_SITE,
-            );
+            let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+                Quote,
+            >(&__CACHE_SITE);
             __cache_k.type_param::<Self>();
             __cache_k.arg(symbol);
             __cache_k.finish()

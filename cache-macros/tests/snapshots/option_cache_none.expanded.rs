@@ -8,7 +8,9 @@ async fn find(id: u64) -> Option<User> {
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Option<User>,
+        >(&__CACHE_SITE);
         __cache_k.arg(&id);
         __cache_k.finish()
     };
@@ -62,7 +64,9 @@ fn find_cache_key(id: &u64) -> ::core::option::Option<::std::string::String> {
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Option<User>,
+        >(&__CACHE_SITE);
         __cache_k.arg(id);
         __cache_k.finish()
     };
@@ -98,7 +102,9 @@ async fn find_invalidate(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Option<User>,
+        >(&__CACHE_SITE);
         __cache_k.arg(id);
         __cache_k.finish()
     };

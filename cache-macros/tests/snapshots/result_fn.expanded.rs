@@ -12,7 +12,9 @@ pub async fn calculate_portfolio_metrics(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Metrics,
+        >(&__CACHE_SITE);
         __cache_k.arg(user_id);
         __cache_k.arg(timeframe);
         __cache_k.finish()
@@ -74,7 +76,9 @@ pub fn calculate_portfolio_metrics_cache_key(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Metrics,
+        >(&__CACHE_SITE);
         __cache_k.arg(user_id);
         __cache_k.arg(timeframe);
         __cache_k.finish()
@@ -112,7 +116,9 @@ pub async fn calculate_portfolio_metrics_invalidate(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Metrics,
+        >(&__CACHE_SITE);
         __cache_k.arg(user_id);
         __cache_k.arg(timeframe);
         __cache_k.finish()

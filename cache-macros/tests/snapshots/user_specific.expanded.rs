@@ -12,7 +12,9 @@ pub(crate) async fn generate_user_report(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Report,
+        >(&__CACHE_SITE);
         __cache_k.user(user_id);
         __cache_k.arg(&report_type);
         __cache_k.finish()
@@ -70,7 +72,9 @@ pub(crate) fn generate_user_report_cache_key(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Report,
+        >(&__CACHE_SITE);
         __cache_k.user(user_id);
         __cache_k.arg(report_type);
         __cache_k.finish()
@@ -108,7 +112,9 @@ pub(crate) async fn generate_user_report_invalidate(
     );
     #[allow(unused_mut, clippy::used_underscore_binding)]
     let __cache_key = {
-        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new(&__CACHE_SITE);
+        let mut __cache_k = ::cache_runtime::__private::KeyBuilder::new::<
+            Report,
+        >(&__CACHE_SITE);
         __cache_k.user(user_id);
         __cache_k.arg(report_type);
         __cache_k.finish()

@@ -167,8 +167,9 @@ impl MemoryBackend {
         }
     }
 
-    /// INCRBY: a missing key starts at 0 without TTL; an existing TTL is kept.
-    fn incr_now(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
+    /// INCRBY: a missing key starts at 0; an existing TTL is kept, `ttl` is given to a key
+    /// that has none (as `PEXPIRE … NX`).
+    fn incr_now(&self, key: &str, amount: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
         let mut outcome: Result<i64, CacheError> = Ok(0);
         let now = Instant::now();
         self.cache.entry_by_ref(key).and_compute_with(|current| {
@@ -195,7 +196,8 @@ impl MemoryBackend {
                     outcome = Ok(next);
                     Op::Put(Entry {
                         value: Arc::from(next.to_string().as_bytes()),
-                        expires_at,
+                        expires_at: expires_at
+                            .or_else(|| ttl.and_then(|t| Instant::now().checked_add(t))),
                         index,
                     })
                 }
@@ -212,11 +214,16 @@ impl MemoryBackend {
 
     /// Deletes every key starting with `prefix`; returns how many existed.
     fn clear_prefix_now(&self, prefix: &str) -> u64 {
+        self.clear_where(&|k| k.starts_with(prefix))
+    }
+
+    /// Deletes every live key `wanted` says yes to; returns how many existed.
+    fn clear_where(&self, wanted: &dyn Fn(&str) -> bool) -> u64 {
         let now = Instant::now();
         let doomed: Vec<Arc<String>> = self
             .cache
             .iter()
-            .filter(|(k, e)| k.starts_with(prefix) && e.expires_at.is_none_or(|at| at > now))
+            .filter(|(k, e)| wanted(k) && e.expires_at.is_none_or(|at| at > now))
             .map(|(k, _)| k)
             .collect();
         doomed
@@ -313,6 +320,8 @@ impl Store for MemoryBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        // Nothing here waits: a loop of reads must still let other tasks run.
+        tokio::task::consume_budget().await;
         Ok(self.get_now(key).map(Bytes::Shared))
     }
 
@@ -326,6 +335,7 @@ impl Store for MemoryBackend {
     }
 
     async fn set(&self, write: Write<'_>) -> Result<(), CacheError> {
+        tokio::task::consume_budget().await;
         self.set_now(write.key, write.value, write.ttl, write.index);
         Ok(())
     }
@@ -342,8 +352,16 @@ impl Store for MemoryBackend {
         Ok(self.ttl_now(key))
     }
 
-    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
-        self.incr_now(key, amount)
+    async fn incr(&self, key: &str, amount: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
+        self.incr_now(key, amount, ttl)
+    }
+
+    async fn clear_matching(
+        &self,
+        _pattern: &str,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, CacheError> {
+        Ok(self.clear_where(wanted))
     }
 
     async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
@@ -380,8 +398,7 @@ impl Store for MemoryBackend {
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
             mode: Some("embedded".to_owned()),
             uptime_secs: Some(self.started.elapsed().as_secs()),
-            clients_connected: None,
-            clients_blocked: None,
+            ..ServerFacts::default()
         })
     }
 
@@ -392,6 +409,7 @@ impl Store for MemoryBackend {
             used_human: Some(human_bytes(bytes)),
             max: Some(self.config.max_bytes.get()),
             policy: Some("tinylfu".to_owned()),
+            nodes: Vec::new(),
         })
     }
 

@@ -123,6 +123,11 @@ pub(crate) struct ServerFacts {
     pub(crate) uptime_secs: Option<u64>,
     pub(crate) clients_connected: Option<u64>,
     pub(crate) clients_blocked: Option<u64>,
+    /// Each node of a cluster (empty for a single server).
+    pub(crate) nodes: Vec<NodeFacts>,
+    /// Why the store cannot serve every key although it answers (a cluster with slots not
+    /// served or a node failing).
+    pub(crate) problem: Option<String>,
 }
 
 /// The store's memory (stats).
@@ -132,6 +137,26 @@ pub(crate) struct MemoryFacts {
     pub(crate) used_human: Option<String>,
     pub(crate) max: Option<u64>,
     pub(crate) policy: Option<String>,
+    /// Each node of a cluster (empty for a single server).
+    pub(crate) nodes: Vec<NodeFacts>,
+}
+
+/// One node of a cluster.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeFacts {
+    /// `host:port`.
+    pub(crate) address: String,
+    /// `primary` or `replica`.
+    pub(crate) role: &'static str,
+    /// `ok`, `failing` (other nodes cannot reach it), or `unreachable: <why>`.
+    pub(crate) status: String,
+    /// Hash slots it serves.
+    pub(crate) slots: u32,
+    pub(crate) version: Option<String>,
+    pub(crate) latency_ms: Option<f64>,
+    pub(crate) used_memory: Option<u64>,
+    pub(crate) maxmemory: Option<u64>,
+    pub(crate) keys: Option<u64>,
 }
 
 /// Where the store is, for messages.
@@ -165,10 +190,18 @@ pub(crate) trait Store: Send + Sync {
     async fn delete(&self, key: &str) -> Result<bool, CacheError>;
     async fn exists(&self, key: &str) -> Result<bool, CacheError>;
     async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError>;
-    /// INCRBY; a missing key starts at 0.
-    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError>;
+    /// INCRBY; a missing key starts at 0. `ttl` applies when the key is created (or has no
+    /// expiry): a counter that never expires is the memory bloat the seed warns about.
+    async fn incr(&self, key: &str, amount: i64, ttl: Option<Duration>) -> Result<i64, CacheError>;
     /// Deletes every key starting with `prefix`; returns how many.
     async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError>;
+    /// Deletes the keys that match the SCAN pattern `pattern` (a prefilter) and for which
+    /// `wanted` says yes (the exact test); returns how many existed.
+    async fn clear_matching(
+        &self,
+        pattern: &str,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, CacheError>;
     /// Deletes the keys a user index lists (those starting with `member_prefix` when
     /// given); returns how many existed.
     async fn clear_index(
@@ -214,6 +247,24 @@ macro_rules! dispatch {
     };
 }
 
+/// Awaits the future `$call` of whichever store `$backend` is. Redis' futures are boxed
+/// as `dyn Future`: their types nest redis-rs' deeply, and without the erasure every
+/// caller's future (a decorated function's, and its callers') inherits that depth, up to
+/// rustc's query depth limit ("queries overflow the depth limit") in ordinary user code.
+/// One allocation beside a network round trip; the embedded store is not boxed.
+macro_rules! dispatch_async {
+    ($backend:expr, $store:ident => $call:expr) => {
+        match $backend {
+            Backend::Memory($store) => $call.await,
+            Backend::Redis($store) => {
+                let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+                    Box::pin($call);
+                boxed.await
+            }
+        }
+    };
+}
+
 impl Backend {
     pub(crate) fn new(config: &CacheConfig) -> Result<Self, CacheError> {
         Ok(match &config.backend {
@@ -247,57 +298,64 @@ impl Store for Backend {
         dispatch!(self, s => s.busy())
     }
     async fn connect(&self) -> Result<(), CacheError> {
-        dispatch!(self, s => s.connect().await)
+        dispatch_async!(self, s => s.connect())
     }
     async fn ping(&self) -> Result<Duration, CacheError> {
-        dispatch!(self, s => s.ping().await)
+        dispatch_async!(self, s => s.ping())
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        dispatch!(self, s => s.get(key).await)
+        dispatch_async!(self, s => s.get(key))
     }
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>, CacheError> {
-        dispatch!(self, s => s.get_with_ttl(key).await)
+        dispatch_async!(self, s => s.get_with_ttl(key))
     }
     async fn set(&self, write: Write<'_>) -> Result<(), CacheError> {
-        dispatch!(self, s => s.set(write).await)
+        dispatch_async!(self, s => s.set(write))
     }
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        dispatch!(self, s => s.delete(key).await)
+        dispatch_async!(self, s => s.delete(key))
     }
     async fn exists(&self, key: &str) -> Result<bool, CacheError> {
-        dispatch!(self, s => s.exists(key).await)
+        dispatch_async!(self, s => s.exists(key))
     }
     async fn ttl(&self, key: &str) -> Result<KeyTtl, CacheError> {
-        dispatch!(self, s => s.ttl(key).await)
+        dispatch_async!(self, s => s.ttl(key))
     }
-    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
-        dispatch!(self, s => s.incr(key, amount).await)
+    async fn incr(&self, key: &str, amount: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
+        dispatch_async!(self, s => s.incr(key, amount, ttl))
+    }
+    async fn clear_matching(
+        &self,
+        pattern: &str,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, CacheError> {
+        dispatch_async!(self, s => s.clear_matching(pattern, wanted))
     }
     async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
-        dispatch!(self, s => s.clear_prefix(prefix).await)
+        dispatch_async!(self, s => s.clear_prefix(prefix))
     }
     async fn clear_index(
         &self,
         index: &str,
         member_prefix: Option<&str>,
     ) -> Result<u64, CacheError> {
-        dispatch!(self, s => s.clear_index(index, member_prefix).await)
+        dispatch_async!(self, s => s.clear_index(index, member_prefix))
     }
     async fn count_namespaces(
         &self,
         prefix: &str,
         budget: ScanBudget,
     ) -> Result<NamespaceCount, CacheError> {
-        dispatch!(self, s => s.count_namespaces(prefix, budget).await)
+        dispatch_async!(self, s => s.count_namespaces(prefix, budget))
     }
     async fn key_total(&self) -> Result<Option<u64>, CacheError> {
-        dispatch!(self, s => s.key_total().await)
+        dispatch_async!(self, s => s.key_total())
     }
     async fn server_facts(&self) -> Result<ServerFacts, CacheError> {
-        dispatch!(self, s => s.server_facts().await)
+        dispatch_async!(self, s => s.server_facts())
     }
     async fn memory_facts(&self) -> Result<MemoryFacts, CacheError> {
-        dispatch!(self, s => s.memory_facts().await)
+        dispatch_async!(self, s => s.memory_facts())
     }
     fn invalidation_mode(&self) -> Option<&'static str> {
         dispatch!(self, s => s.invalidation_mode())

@@ -93,6 +93,51 @@ pub enum CertReqs {
     None,
 }
 
+/// Whether Redis is a cluster (`REDIS_CLUSTER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClusterMode {
+    /// Ask the server at the first connect: a node that reports `cluster_enabled:1`
+    /// switches the cache to cluster mode (logged). The default.
+    #[default]
+    Auto,
+    /// A cluster: connect through the cluster protocol from the start.
+    Enabled,
+    /// A standalone server. Pointed at a cluster node, the cache refuses to work (every
+    /// operation fails with an error that says so) rather than cache a third of the keys.
+    Disabled,
+}
+
+/// One `host:port` of `REDIS_CLUSTER_NODES`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeAddr {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl NodeAddr {
+    /// A node at `host:port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// TLS settings of a Redis connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -129,15 +174,44 @@ pub struct RedisConfig {
     pub socket_timeout: Duration,
     /// Per-connect timeout.
     pub connect_timeout: Duration,
+    /// Standalone, cluster, or ask the server.
+    pub cluster: ClusterMode,
+    /// More seed nodes of a cluster besides `host:port` (`REDIS_CLUSTER_NODES`).
+    pub cluster_nodes: Vec<NodeAddr>,
 }
 
 impl RedisConfig {
     /// `host:port`, for messages (never credentials).
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        self.seed().to_string()
+    }
+
+    /// `host:port` as a node address.
+    pub fn seed(&self) -> NodeAddr {
+        NodeAddr {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// Every seed node of a cluster: `host:port`, then `REDIS_CLUSTER_NODES` (no
+    /// duplicates).
+    pub fn seeds(&self) -> Vec<NodeAddr> {
+        let mut seeds = vec![self.seed()];
+        for node in &self.cluster_nodes {
+            if !seeds.contains(node) {
+                seeds.push(node.clone());
+            }
+        }
+        seeds
+    }
+
+    /// The same connection settings for another node (a cluster's).
+    pub(crate) fn for_node(&self, node: &NodeAddr) -> Self {
+        Self {
+            host: node.host.clone(),
+            port: node.port,
+            ..self.clone()
         }
     }
 }
@@ -209,6 +283,8 @@ impl Default for L1Config {
 /// Which store the runtime uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
+// One per configuration: the size difference costs nothing, a box would cost clarity.
+#[allow(clippy::large_enum_variant)]
 pub enum BackendConfig {
     /// The embedded in-process store (no `REDIS_URL` and no `REDIS_HOST`).
     Memory(MemoryConfig),
@@ -506,6 +582,50 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.errors().len(), 2, "{err}");
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = vars(&[("REDIS_URL", "redis://h:7000")]).unwrap();
+        assert_eq!(redis(&c).cluster, ClusterMode::Auto);
+        let c = vars(&[
+            ("REDIS_URL", "rediss://u:p@h:7000"),
+            ("REDIS_CLUSTER_NODES", "h2:7001, [::1]:7002,h:7000"),
+        ])
+        .unwrap();
+        let r = redis(&c);
+        assert_eq!(
+            r.cluster,
+            ClusterMode::Enabled,
+            "several seeds mean a cluster"
+        );
+        let seeds: Vec<String> = r.seeds().iter().map(ToString::to_string).collect();
+        assert_eq!(seeds, ["h:7000", "h2:7001", "[::1]:7002"]);
+        assert!(r.tls.is_some(), "the same TLS settings for every node");
+        // Seeds alone are enough.
+        let c = vars(&[("REDIS_CLUSTER_NODES", "10.0.0.1:6379,10.0.0.2:6379")]).unwrap();
+        assert_eq!(redis(&c).endpoint(), "10.0.0.1:6379");
+        for (pairs, needle) in [
+            (
+                &[("REDIS_HOST", "h"), ("REDIS_CLUSTER", "maybe")][..],
+                "REDIS_CLUSTER",
+            ),
+            (
+                &[("REDIS_CLUSTER", "false"), ("REDIS_CLUSTER_NODES", "h:1")][..],
+                "REDIS_CLUSTER=false",
+            ),
+            (
+                &[("REDIS_CLUSTER_NODES", "h:1,nonsense")][..],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                &[("REDIS_URL", "redis://h:1/2"), ("REDIS_CLUSTER", "true")][..],
+                "database 0",
+            ),
+        ] {
+            let err = vars(pairs).unwrap_err().to_string();
+            assert!(err.contains(needle), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

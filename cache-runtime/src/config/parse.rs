@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{CertReqs, Password};
+use super::{CertReqs, ClusterMode, NodeAddr, Password};
 use crate::codec::CodecKind;
 use crate::error::{invalid, ConfigError};
 
@@ -96,12 +96,49 @@ pub(super) fn cert_reqs(var: &'static str, value: &str) -> Parsed<CertReqs> {
     }
 }
 
+pub(super) fn cluster_mode(var: &'static str, value: &str) -> Parsed<ClusterMode> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(ClusterMode::Auto),
+        "1" | "true" | "yes" | "on" => Ok(ClusterMode::Enabled),
+        "0" | "false" | "no" | "off" => Ok(ClusterMode::Disabled),
+        _ => Err(invalid(
+            var,
+            value,
+            "use auto (ask the server at connect), true (a Redis Cluster) or false (a standalone server)",
+        )),
+    }
+}
+
+/// `host:port,host:port` (IPv6 as `[::1]:7000`).
+pub(super) fn node_list(var: &'static str, value: &str) -> Parsed<Vec<NodeAddr>> {
+    let fix = "use host:port pairs separated by commas, e.g. 10.0.0.1:6379,10.0.0.2:6379 (IPv6: [::1]:6379)";
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|node| {
+            let (host, port) = node
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(var, value, fix))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = port.parse::<u16>().ok().filter(|p| *p > 0);
+            match port {
+                Some(port) if !host.is_empty() && !host.contains(['/', '@', ' ']) => Ok(NodeAddr {
+                    host: host.to_owned(),
+                    port,
+                }),
+                _ => Err(invalid(var, value, fix)),
+            }
+        })
+        .collect()
+}
+
 pub(super) fn codec(var: &'static str, value: &str) -> Parsed<CodecKind> {
     CodecKind::from_name(value.trim()).ok_or_else(|| {
         invalid(
             var,
             value,
-            "use bincode (default, compact) or json (readable, cross-language)",
+            "use bincode (default, compact), json (readable) or json-plain (bare JSON shared with other services)",
         )
     })
 }

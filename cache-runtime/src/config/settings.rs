@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::parse;
-use super::{CertReqs, Password};
+use super::{CertReqs, ClusterMode, NodeAddr, Password};
 use crate::codec::CodecKind;
 use crate::error::ConfigError;
 
@@ -158,6 +158,10 @@ settings! {
     certfile: PathBuf = "REDIS_SSL_CERTFILE", into, parse::path, shown, Unset("none");
     /// Client key for mutual TLS (with `REDIS_SSL_CERTFILE`).
     keyfile: PathBuf = "REDIS_SSL_KEYFILE", into, parse::path, shown, Unset("none");
+    /// `auto` (a node reporting `cluster_enabled:1` at connect switches to cluster mode), `true` (a Redis Cluster) or `false` (standalone; refused against a cluster).
+    cluster: ClusterMode = "REDIS_CLUSTER", value, parse::cluster_mode, shown, Value("auto");
+    /// More seed nodes of a cluster, `host:port,host:port`, with the same credentials and TLS settings.
+    cluster_nodes: Vec<NodeAddr> = "REDIS_CLUSTER_NODES", value, parse::node_list, shown, Unset("none: `REDIS_URL`/`REDIS_HOST` is the seed");
     /// Most connections to Redis.
     pool_max_size: usize = "REDIS_CONNECTION_POOL_MAX_SIZE", value, parse::size::<1, 10_000>, shown, Value("50");
     /// Seconds a command may take (fractions allowed).
@@ -168,7 +172,7 @@ settings! {
     ttl_default: Duration = "REDIS_TTL_DEFAULT", value, parse::whole_seconds::<1, 4_294_967_295>, shown, Value("3600");
     /// First segment of every key: `[A-Za-z0-9_.-]{1,64}`.
     key_prefix: String = "REDIS_KEY_PREFIX", into, parse::text, shown, Value("tradistry");
-    /// Value codec: `bincode` (compact) or `json` (readable in redis-cli).
+    /// Value codec: `bincode` (compact), `json` (readable in redis-cli) or `json-plain` (bare JSON as Python writes it, shared with other services).
     codec: CodecKind = "CACHE_CODEC", value, parse::codec, shown, Value("bincode");
     /// Larger encoded values are not stored (the call still returns).
     max_value_bytes: usize = "CACHE_MAX_VALUE_BYTES", value, parse::size::<1, 536_870_912>, shown, Value("33554432");

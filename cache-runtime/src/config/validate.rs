@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::url::parse_url;
 use super::{
-    BackendConfig, CacheConfig, CacheConfigBuilder, L1Config, MemoryConfig, RedisConfig, TlsConfig,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES,
-    DEFAULT_L1_MAX_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES,
+    BackendConfig, CacheConfig, CacheConfigBuilder, ClusterMode, L1Config, MemoryConfig,
+    RedisConfig, TlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES,
+    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES,
     DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
 };
 use crate::error::{invalid, ConfigError};
@@ -95,7 +95,10 @@ impl CacheConfigBuilder {
             self.max_value_bytes,
             DEFAULT_MAX_VALUE_BYTES,
         );
-        let backend = if self.url.is_some() || self.host.is_some() {
+        let backend = if self.url.is_some()
+            || self.host.is_some()
+            || self.cluster_nodes.as_ref().is_some_and(|n| !n.is_empty())
+        {
             BackendConfig::Redis(self.redis(&mut errors))
         } else {
             BackendConfig::Memory(MemoryConfig {
@@ -168,6 +171,8 @@ impl CacheConfigBuilder {
                 DEFAULT_CONNECT_TIMEOUT,
                 Duration::from_micros(1),
             ),
+            cluster: self.cluster.unwrap_or_default(),
+            cluster_nodes: self.cluster_nodes.clone().unwrap_or_default(),
         };
         let tls_from_scheme = if let Some(url) = &self.url {
             match parse_url(url) {
@@ -190,6 +195,12 @@ impl CacheConfigBuilder {
                     None
                 }
             }
+        } else if self.host.is_none() && !cfg.cluster_nodes.is_empty() {
+            // Only REDIS_CLUSTER_NODES: the first node is the seed.
+            let first = cfg.cluster_nodes.remove(0);
+            cfg.host = first.host;
+            cfg.port = first.port;
+            None
         } else {
             let host = self.host.clone().unwrap_or_default();
             if host.is_empty() || host.contains(['/', '@', ' ']) {
@@ -223,6 +234,22 @@ impl CacheConfigBuilder {
             (Some(tls), _) => tls,
             (None, ssl) => ssl.unwrap_or(false),
         };
+        let cluster_nodes_given = self.cluster_nodes.as_ref().is_some_and(|n| !n.is_empty());
+        if cfg.cluster == ClusterMode::Disabled && cluster_nodes_given {
+            errors.push(ConfigError::Conflict(
+                "REDIS_CLUSTER_NODES is set but REDIS_CLUSTER=false; remove one of them (a cluster needs REDIS_CLUSTER=auto or true)".to_owned(),
+            ));
+        }
+        if cluster_nodes_given && cfg.cluster == ClusterMode::Auto {
+            // Several seed nodes only make sense for a cluster.
+            cfg.cluster = ClusterMode::Enabled;
+        }
+        if cfg.cluster == ClusterMode::Enabled && cfg.db != 0 {
+            errors.push(ConfigError::Conflict(format!(
+                "a Redis Cluster has only database 0, but database {} is configured; remove the /{} of REDIS_URL",
+                cfg.db, cfg.db
+            )));
+        }
         if tls {
             let tls_cfg = TlsConfig {
                 cert_reqs: self.cert_reqs.unwrap_or_default(),

@@ -16,9 +16,10 @@ use crate::backend::Write;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
 use crate::key::{join_call, ArgsHash};
+use crate::shape::Shape;
 
 /// Which part of a return value is stored, and how a stored value becomes a return value.
-pub(crate) trait Shape<R> {
+pub(crate) trait Returns<R> {
     type Stored: Serialize + DeserializeOwned;
     fn cacheable(result: &R) -> Option<&Self::Stored>;
     fn rebuild(stored: Self::Stored) -> R;
@@ -31,7 +32,7 @@ pub(crate) struct OkOnly;
 /// Only `Some` is cached.
 pub(crate) struct SomeOnly;
 
-impl<T: Serialize + DeserializeOwned> Shape<T> for Plain {
+impl<T: Serialize + DeserializeOwned> Returns<T> for Plain {
     type Stored = T;
     fn cacheable(result: &T) -> Option<&T> {
         Some(result)
@@ -41,7 +42,7 @@ impl<T: Serialize + DeserializeOwned> Shape<T> for Plain {
     }
 }
 
-impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for OkOnly {
+impl<T: Serialize + DeserializeOwned, E> Returns<Result<T, E>> for OkOnly {
     type Stored = T;
     fn cacheable(result: &Result<T, E>) -> Option<&T> {
         result.as_ref().ok()
@@ -51,7 +52,7 @@ impl<T: Serialize + DeserializeOwned, E> Shape<Result<T, E>> for OkOnly {
     }
 }
 
-impl<T: Serialize + DeserializeOwned> Shape<Option<T>> for SomeOnly {
+impl<T: Serialize + DeserializeOwned> Returns<Option<T>> for SomeOnly {
     type Stored = T;
     fn cacheable(result: &Option<T>) -> Option<&T> {
         result.as_ref()
@@ -61,17 +62,19 @@ impl<T: Serialize + DeserializeOwned> Shape<Option<T>> for SomeOnly {
     }
 }
 
-/// The identity of one call: the user segment (escaped) and the argument hash (`None`
-/// when an argument could not be serialised: then the call is not cached).
+/// The identity of one call: the user segment (escaped), the argument hash (`None` when an
+/// argument could not be serialised: then the call is not cached), and the stored type's
+/// shape (recorded in the value's envelope).
 pub(crate) struct CallKey {
     pub(crate) user: Option<String>,
     pub(crate) hash: Option<ArgsHash>,
+    pub(crate) shape: Shape,
 }
 
 /// Runs one decorated call.
 pub(crate) async fn run<S, R, Fut>(site: &'static Site, key: CallKey, body: Fut) -> R
 where
-    S: Shape<R>,
+    S: Returns<R>,
     Fut: Future<Output = R>,
 {
     let Some(cache) = site.cache() else {
@@ -82,9 +85,18 @@ where
         return body.await;
     };
     let bound = site.bound(&cache);
-    let full = join_call(&bound.head, key.user.as_deref(), &bound.tail, hash);
+    let full = join_call(
+        &bound.head,
+        key.user.as_deref(),
+        !cache.keys().seed_users(),
+        &bound.tail,
+        hash,
+    );
     let mut store = true;
-    match cache.read_value::<S::Stored>(&bound.counters, &full).await {
+    match cache
+        .read_value::<S::Stored>(&bound.counters, &full, &key.shape)
+        .await
+    {
         Ok(Some(v)) => return S::rebuild(v),
         Ok(None) => {}
         // The breaker already said so once; don't log every bypassed call.
@@ -101,7 +113,7 @@ where
         Role::Follower(rx) => {
             tracing::debug!(target: "cache_runtime::store", key = %full, "waiting for the call in flight");
             if let FlightState::Done(bytes) = flight::wait(rx).await {
-                if let Ok(v) = cache.codec().decode::<S::Stored>(&bytes) {
+                if let Ok(v) = cache.codec().decode_shaped::<S::Stored>(&bytes, &key.shape) {
                     return S::rebuild(v);
                 }
             }
@@ -115,7 +127,7 @@ where
         leader.publish(FlightState::NotCached);
         return result;
     };
-    let Ok(bytes) = cache.encode(&bound.counters, &full, value) else {
+    let Ok(bytes) = cache.encode(&bound.counters, &full, value, &key.shape) else {
         leader.publish(FlightState::NotCached);
         return result;
     };
@@ -159,6 +171,7 @@ pub(crate) fn key_of(site: &'static Site, key: &CallKey) -> Option<String> {
     Some(join_call(
         &bound.head,
         key.user.as_deref(),
+        !cache.keys().seed_users(),
         &bound.tail,
         hash,
     ))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::de::DeserializeOwned;
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::backend::{Bytes, KeyTtl, Store};
 use crate::cache::Cache;
@@ -13,13 +13,15 @@ use crate::counters::Counters;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
 use crate::l1::L1;
+use crate::shape::Shape;
 
 impl Cache {
-    /// Reads and decodes `key`, counting the outcome in `counters`.
-    pub(crate) async fn read_value<T: DeserializeOwned>(
+    /// Reads and decodes `key` as a `T` of `shape`, counting the outcome in `counters`.
+    pub(crate) async fn read_value<T: Serialize + DeserializeOwned>(
         &self,
         counters: &Counters,
         key: &str,
+        shape: &Shape,
     ) -> Result<Option<T>, CacheError> {
         // Timing only when someone listens: a clock read is a noticeable share of an L1 hit.
         let start = tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG)
@@ -27,9 +29,11 @@ impl Cache {
         let latency_us = || start.map(|s| s.elapsed().as_micros() as u64);
         if let Some(l1) = self.l1() {
             if let Some(bytes) = l1.get(key) {
-                if let Ok(v) = self.codec().decode::<T>(&bytes) {
+                if let Ok(v) = self.codec().decode_shaped::<T>(&bytes, shape) {
                     counters.l1_hit();
                     tracing::debug!(target: "cache_runtime::store", key, "hit (L1)");
+                    // An L1 hit never waits: a loop of them must still let other tasks run.
+                    tokio::task::consume_budget().await;
                     return Ok(Some(v));
                 }
             }
@@ -51,11 +55,16 @@ impl Cache {
             tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss");
             return Ok(None);
         };
-        match self.codec().decode::<T>(&bytes) {
+        match self.codec().decode_shaped::<T>(&bytes, shape) {
             Ok(v) => {
                 counters.hit();
                 tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), latency_us = latency_us(), "hit");
                 Ok(Some(v))
+            }
+            Err(CacheError::ShapeMismatch) => {
+                counters.shape_mismatch();
+                crate::shape::warn_mismatch_once::<T>(key);
+                Ok(None)
             }
             Err(e) => {
                 counters.miss();

@@ -5,9 +5,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
+
 use crate::cache::Cache;
 use crate::counters::Counters;
 use crate::key::site_key;
+use crate::shape::SiteShapes;
 
 /// One decorated function. Built by expansions with [`Site::new`] and the `with_*`
 /// methods, so fields can be added without changing what the attributes generate.
@@ -25,24 +28,29 @@ pub struct Site {
     /// The attribute's `cache = path` option: the cache this function uses.
     pub(crate) cache: Option<fn() -> &'static Cache>,
     key: OnceLock<[u8; 32]>,
+    /// The stored type's shape folded into the key, per stored type (see `shape/`).
+    pub(crate) shapes: SiteShapes,
     bound: OnceLock<Bound>,
+    /// The same for the last [`crate::with_cache`] scope's cache that called it, so a
+    /// scope (a test, a benchmark) does not rebuild key parts and look up counters per call.
+    scoped: ArcSwapOption<Bound>,
 }
 
 /// What depends on the cache a site talks to.
 pub(crate) struct Bound {
-    /// Which cache this was computed for.
-    cache: usize,
+    /// Which cache this was computed for ([`Cache::id`]).
+    cache: u64,
     pub(crate) head: String,
     pub(crate) tail: String,
     pub(crate) counters: Arc<Counters>,
     pub(crate) ttl: Duration,
 }
 
-/// A site's cache-dependent state: the one kept for its usual cache, or one computed for
-/// another (a test's [`crate::with_cache`] scope).
+/// A site's cache-dependent state: the one kept for its usual cache, or the one of a
+/// [`crate::with_cache`] scope's cache.
 pub(crate) enum BoundRef<'a> {
     Kept(&'a Bound),
-    Computed(Box<Bound>),
+    Scoped(Arc<Bound>),
 }
 
 impl std::ops::Deref for BoundRef<'_> {
@@ -50,7 +58,7 @@ impl std::ops::Deref for BoundRef<'_> {
     fn deref(&self) -> &Bound {
         match self {
             Self::Kept(b) => b,
-            Self::Computed(b) => b,
+            Self::Scoped(b) => b,
         }
     }
 }
@@ -72,7 +80,9 @@ impl Site {
             ttl_secs,
             cache: None,
             key: OnceLock::new(),
+            shapes: SiteShapes::new(),
             bound: OnceLock::new(),
+            scoped: ArcSwapOption::const_empty(),
         }
     }
 
@@ -119,7 +129,7 @@ impl Site {
     }
 
     /// Key parts, counters and TTL for the selected cache: computed once for the site's
-    /// usual cache (a scope's cache gets its own, each call).
+    /// usual cache, and kept for the last scoped cache that called it.
     pub(crate) fn bound<'a>(&'a self, selected: &Selected) -> BoundRef<'a> {
         let kept = match selected {
             Selected::Usual(cache) => Some(self.bound.get_or_init(|| self.compute(cache))),
@@ -127,7 +137,14 @@ impl Site {
         };
         match kept {
             Some(kept) if kept.cache == selected.id() => BoundRef::Kept(kept),
-            _ => BoundRef::Computed(Box::new(self.compute(selected))),
+            _ => {
+                if let Some(last) = self.scoped.load_full().filter(|b| b.cache == selected.id()) {
+                    return BoundRef::Scoped(last);
+                }
+                let fresh = Arc::new(self.compute(selected));
+                self.scoped.store(Some(Arc::clone(&fresh)));
+                BoundRef::Scoped(fresh)
+            }
         }
     }
 }

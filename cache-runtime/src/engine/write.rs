@@ -16,6 +16,7 @@ use crate::backend::{Store, Write};
 use crate::cache::Cache;
 use crate::counters::Counters;
 use crate::error::CacheError;
+use crate::shape::Shape;
 
 /// What a write concerns.
 #[derive(Clone, Copy, Debug)]
@@ -80,15 +81,17 @@ impl Cache {
         }
     }
 
-    /// Encodes `value`, refusing it above `CACHE_MAX_VALUE_BYTES` (counted and logged).
+    /// Encodes `value` (of `shape`), refusing it above `CACHE_MAX_VALUE_BYTES` (counted
+    /// and logged).
     pub(crate) fn encode<T: Serialize + ?Sized>(
         &self,
         counters: &Counters,
         key: &str,
         value: &T,
+        shape: &Shape,
     ) -> Result<Vec<u8>, CacheError> {
         self.codec()
-            .encode(value, self.inner.config.max_value_bytes.get())
+            .encode_shaped(value, shape, self.inner.config.max_value_bytes.get())
             .inspect_err(|e| {
                 counters.error();
                 tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
@@ -118,16 +121,16 @@ impl Cache {
         }
     }
 
-    /// Encodes `value` and writes it to `key`.
+    /// Encodes `value` (of `shape`) and writes it to `key`.
     pub(crate) async fn write_value<T: Serialize + ?Sized>(
         &self,
         counters: &Counters,
         key: &str,
-        value: &T,
+        (value, shape): (&T, &Shape),
         ttl: Option<Duration>,
         index: Option<&str>,
     ) -> Result<(), CacheError> {
-        let value = self.encode(counters, key, value)?;
+        let value = self.encode(counters, key, value, shape)?;
         let write = Write {
             key,
             value: &value,

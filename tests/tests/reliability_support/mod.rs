@@ -1,6 +1,9 @@
-//! Helpers shared by the `reliability_*` test binaries (each includes this module; not
-//! every binary uses every helper).
+//! Helpers shared by the `reliability_*` test binaries and a few others (`l1_coherence`,
+//! `flight_release`); each includes this module, and not every binary uses every helper.
+//! `tap` is a proxy that fails one kind of connection at a time.
 #![allow(dead_code)]
+
+pub mod tap;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;

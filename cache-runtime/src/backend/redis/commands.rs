@@ -4,16 +4,20 @@
 //! Writes announce themselves on the invalidation channel (when an L1 is configured) in
 //! the same pipeline, so coherence costs no extra round trip.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use super::cluster::{Cluster, NodeLine};
 use super::pool::InFlight;
+use super::pubsub::hash_tag;
+use super::topology::Topology;
 use super::RedisBackend;
 use crate::backend::invalidation::Sink;
 use crate::backend::{
-    namespace_of, parse_info, Bytes, Endpoint, KeyTtl, MemoryFacts, NamespaceCount, PoolStats,
-    ScanBudget, ServerFacts, Store, Write,
+    namespace_of, parse_info, Bytes, Endpoint, KeyTtl, MemoryFacts, NamespaceCount, NodeFacts,
+    PoolStats, ScanBudget, ServerFacts, Store, Write,
 };
+use crate::config::NodeAddr;
 use crate::error::CacheError;
 
 /// Keys per SCAN / ZSCAN page and per UNLINK batch.
@@ -33,6 +37,19 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// A SCAN in progress (see `RedisBackend::scanner`).
+struct Scan {
+    pattern: Option<String>,
+    count: usize,
+    cursor: u64,
+    /// Cluster primaries still to scan (the next is last).
+    nodes: Vec<NodeAddr>,
+    /// The connection to the primary being scanned.
+    node: Option<redis::aio::MultiplexedConnection>,
+    cluster: Option<Arc<Cluster>>,
+    started: bool,
+}
+
 #[derive(Clone, Copy)]
 enum Request<'a> {
     Cmd(&'a redis::Cmd),
@@ -40,20 +57,161 @@ enum Request<'a> {
 }
 
 impl RedisBackend {
-    /// Runs one command or pipeline on a lane, under the guard.
+    /// Runs one command or pipeline, under the guard: on a lane of the server, or through
+    /// the cluster connection (which routes it by its keys' slot).
     async fn send<T: redis::FromRedisValue>(&self, request: Request<'_>) -> Result<T, CacheError> {
+        let result = self
+            .guard
+            .run(async {
+                match self.topology().await? {
+                    Topology::Standalone => {
+                        let lane = self.pool.lane().await?;
+                        let _in_flight = InFlight::start(&self.pool, &lane);
+                        let mut conn = lane.conn.clone();
+                        match request {
+                            Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                            Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                        }
+                        .map_err(|e| self.classifier.classify(&e))
+                    }
+                    Topology::Cluster(cluster) => {
+                        let mut conn = cluster.connection().await?;
+                        let _in_flight = cluster.start();
+                        match request {
+                            Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                            Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
+                        }
+                        .map_err(|e| self.classifier.classify(&e))
+                    }
+                    Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
+                }
+            })
+            .await;
+        if let (Err(e), Some(cluster)) = (&result, self.cluster()) {
+            // Requests that only ever reach a node that is gone never get the redirect
+            // that would teach the driver the new primary: a fresh connection (at most
+            // every 2 s while faults go on) reads the slot map again.
+            if e.is_connection_fault() && !matches!(e, CacheError::Unavailable) {
+                cluster.reset();
+            }
+        }
+        result
+    }
+
+    /// A request to one node of a cluster, under the guard (per-node work: SCAN, INFO).
+    async fn on_node<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
         self.guard
             .run(async {
-                let lane = self.pool.lane().await?;
-                let _in_flight = InFlight::start(&self.pool, &lane);
-                let mut conn = lane.conn.clone();
-                match request {
-                    Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                    Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
-                }
-                .map_err(|e| self.classifier.classify(&e))
+                cmd.query_async(conn)
+                    .await
+                    .map_err(|e| self.classifier.classify(&e))
             })
             .await
+    }
+
+    /// Announces on the invalidation channel that `keys` changed, when an L1 is configured.
+    /// The channel depends on the topology, so it is known first (the first write may be the
+    /// first contact).
+    async fn announce_keys<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), CacheError> {
+        let Some(pubsub) = &self.pubsub else {
+            return Ok(());
+        };
+        let topology = match self.topology.get() {
+            Some(t) => t,
+            None => self.guard.run(self.topology()).await?,
+        };
+        pubsub.announce_keys(pipe, keys, matches!(topology, Topology::Cluster(_)));
+        Ok(())
+    }
+
+    /// A SCAN over the server, or over every primary of a cluster, page by page.
+    async fn scanner(&self, pattern: Option<&str>, count: usize) -> Result<Scan, CacheError> {
+        let mut scan = Scan {
+            pattern: pattern.map(str::to_owned),
+            count,
+            cursor: 0,
+            nodes: Vec::new(),
+            node: None,
+            cluster: None,
+            started: false,
+        };
+        if let Topology::Cluster(cluster) = self.guard.run(self.topology()).await? {
+            let nodes = self.guard.run(cluster.nodes()).await?;
+            self.listen_on(cluster, &nodes);
+            scan.nodes = nodes
+                .into_iter()
+                .filter(|n| n.primary && n.slots > 0)
+                .map(|n| n.addr)
+                .rev()
+                .collect();
+            scan.cluster = Some(Arc::clone(cluster));
+        }
+        Ok(scan)
+    }
+
+    /// The next page of `scan`, `None` once every key was visited.
+    async fn next_page(&self, scan: &mut Scan) -> Result<Option<Vec<Vec<u8>>>, CacheError> {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(scan.cursor);
+        if let Some(p) = &scan.pattern {
+            cmd.arg("MATCH").arg(p);
+        }
+        cmd.arg("COUNT").arg(scan.count);
+        // Bytes: a non-UTF-8 key must not stop a scan.
+        let (next, keys): (u64, Vec<Vec<u8>>) = match scan.cluster.clone() {
+            None => {
+                if scan.started && scan.cursor == 0 {
+                    return Ok(None);
+                }
+                self.query(&cmd).await?
+            }
+            Some(cluster) => {
+                if scan.node.is_none() || (scan.started && scan.cursor == 0) {
+                    let Some(node) = scan.nodes.pop() else {
+                        return Ok(None);
+                    };
+                    scan.node = Some(self.guard.run(cluster.node_connection(&node)).await?);
+                    scan.cursor = 0;
+                    cmd = redis::cmd("SCAN");
+                    cmd.arg(0);
+                    if let Some(p) = &scan.pattern {
+                        cmd.arg("MATCH").arg(p);
+                    }
+                    cmd.arg("COUNT").arg(scan.count);
+                }
+                let Some(conn) = scan.node.as_mut() else {
+                    return Ok(None);
+                };
+                self.on_node(conn, &cmd).await?
+            }
+        };
+        scan.started = true;
+        scan.cursor = next;
+        Ok(Some(keys))
+    }
+
+    /// Whether `scan` visited every key (its last page was the last of the last node).
+    fn scan_done(scan: &Scan) -> bool {
+        scan.started && scan.cursor == 0 && scan.nodes.is_empty()
+    }
+
+    /// Tells the L1 listener where it may subscribe: the cluster's current nodes.
+    fn listen_on(&self, cluster: &Cluster, nodes: &[NodeLine]) {
+        let Some(pubsub) = &self.pubsub else { return };
+        let clients = nodes
+            .iter()
+            .filter(|n| !n.failing)
+            .filter_map(|n| cluster.node_client(&n.addr).ok())
+            .collect();
+        pubsub.set_nodes(clients);
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
@@ -93,18 +251,41 @@ impl Store for RedisBackend {
     }
 
     fn pool_stats(&self) -> Option<PoolStats> {
-        Some(self.pool.stats())
+        match self.cluster() {
+            // One multiplexed connection per node inside the driver.
+            Some(cluster) => Some(PoolStats {
+                max_connections: self.config.pool_max_size.get(),
+                created_connections: usize::from(cluster.connected()),
+                available_connections: self
+                    .config
+                    .pool_max_size
+                    .get()
+                    .saturating_sub(usize::from(cluster.in_flight() > 0)),
+            }),
+            None => Some(self.pool.stats()),
+        }
     }
 
     fn busy(&self) -> bool {
-        self.pool.busy()
+        match self.cluster() {
+            Some(cluster) => cluster.busy(),
+            None => self.pool.busy(),
+        }
     }
 
     async fn connect(&self) -> Result<(), CacheError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(CacheError::NoRuntime);
         }
-        self.pool.connect().await
+        if self.topology.get().is_none() {
+            // The first contact: the configured server, which also says what it is.
+            self.pool.connect().await?;
+        }
+        match self.guard.run(self.topology()).await? {
+            Topology::Standalone => self.pool.connect().await,
+            Topology::Cluster(cluster) => cluster.connection().await.map(|_| ()),
+            Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
+        }
     }
 
     async fn ping(&self) -> Result<Duration, CacheError> {
@@ -138,30 +319,50 @@ impl Store for RedisBackend {
             set.arg("PX").arg(duration_ms(ttl));
         }
         set.ignore();
-        if let Some(index) = index {
-            // A sorted set scored by expiry (ms since the epoch), so members whose keys have
-            // expired are pruned on the next write instead of piling up with the user's
-            // history. Pruning lags by PRUNE_GRACE so that clock skew between application
-            // servers can never drop a member whose key is still alive.
-            let now = unix_ms();
-            let score = ttl.map_or(f64::INFINITY, |t| (now + duration_ms(t)) as f64);
-            pipe.cmd("ZADD").arg(index).arg(score).arg(key).ignore();
-            pipe.cmd("ZREMRANGEBYSCORE")
+        self.announce_keys(&mut pipe, [key]).await?;
+        let Some(index) = index else {
+            return self.query_pipe::<()>(&pipe).await;
+        };
+        // A sorted set scored by expiry (ms since the epoch), so members whose keys have
+        // expired are pruned on the next write instead of piling up with the user's
+        // history. Pruning lags by PRUNE_GRACE so that clock skew between application
+        // servers can never drop a member whose key is still alive.
+        let mut indexing = redis::pipe();
+        let now = unix_ms();
+        let score = ttl.map_or(f64::INFINITY, |t| (now + duration_ms(t)) as f64);
+        indexing.cmd("ZADD").arg(index).arg(score).arg(key).ignore();
+        indexing
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(index)
+            .arg("-inf")
+            .arg(format!("({}", now.saturating_sub(PRUNE_GRACE_MS)))
+            .ignore();
+        if let Some(ttl) = ttl {
+            // The index lives as long as its longest-lived key (NX: first set, GT: longer).
+            let ms = duration_ms(ttl);
+            indexing
+                .cmd("PEXPIRE")
                 .arg(index)
-                .arg("-inf")
-                .arg(format!("({}", now.saturating_sub(PRUNE_GRACE_MS)))
+                .arg(ms)
+                .arg("NX")
                 .ignore();
-            if let Some(ttl) = ttl {
-                // The index lives as long as its longest-lived key (NX: first set, GT: longer).
-                let ms = duration_ms(ttl);
-                pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("NX").ignore();
-                pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("GT").ignore();
-            } else {
-                pipe.cmd("PERSIST").arg(index).ignore();
-            }
+            indexing
+                .cmd("PEXPIRE")
+                .arg(index)
+                .arg(ms)
+                .arg("GT")
+                .ignore();
+        } else {
+            indexing.cmd("PERSIST").arg(index).ignore();
         }
-        if let Some(pubsub) = &self.pubsub {
-            pubsub.announce_keys(&mut pipe, [key]);
+        // One round trip, unless a cluster keeps them in two slots (the seed's layout,
+        // `json-plain`, has no hash tag): then the value first, its index entry after.
+        if self.cluster().is_some() && hash_tag(key) != hash_tag(index) {
+            self.query_pipe::<()>(&pipe).await?;
+            return self.query_pipe::<()>(&indexing).await;
+        }
+        for cmd in indexing.cmd_iter() {
+            pipe.add_command(cmd.clone()).ignore();
         }
         self.query_pipe::<()>(&pipe).await
     }
@@ -169,9 +370,7 @@ impl Store for RedisBackend {
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let mut pipe = redis::pipe();
         pipe.cmd("UNLINK").arg(key);
-        if let Some(pubsub) = &self.pubsub {
-            pubsub.announce_keys(&mut pipe, [key]);
-        }
+        self.announce_keys(&mut pipe, [key]).await?;
         let (n,): (u64,) = self.query_pipe(&pipe).await?;
         Ok(n > 0)
     }
@@ -186,9 +385,21 @@ impl Store for RedisBackend {
         Ok(KeyTtl::from_pttl(ms))
     }
 
-    async fn incr(&self, key: &str, amount: i64) -> Result<i64, CacheError> {
-        self.query(redis::cmd("INCRBY").arg(key).arg(amount))
+    async fn incr(&self, key: &str, amount: i64, ttl: Option<Duration>) -> Result<i64, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("INCRBY").arg(key).arg(amount);
+        if let Some(ttl) = ttl {
+            // Only a key without an expiry gets one (a new counter, or one made by `set`).
+            pipe.cmd("PEXPIRE")
+                .arg(key)
+                .arg(duration_ms(ttl))
+                .arg("NX")
+                .ignore();
+        }
+        self.announce_keys(&mut pipe, [key]).await?;
+        self.query_pipe::<(i64,)>(&pipe)
             .await
+            .map(|(n,)| n)
             .map_err(|e| match e {
                 // INCRBY's only ERR replies: not an integer, or out of range.
                 CacheError::Server { code, detail } if code == "ERR" => {
@@ -201,33 +412,21 @@ impl Store for RedisBackend {
             })
     }
 
-    /// SCAN + UNLINK in batches (never KEYS, never FLUSHDB).
+    /// SCAN + UNLINK in batches (never KEYS, never FLUSHDB), on every primary of a
+    /// cluster (the UNLINK of a page goes through the cluster connection, which splits it by
+    /// slot and adds up the counts).
     async fn clear_prefix(&self, prefix: &str) -> Result<u64, CacheError> {
         let pattern = format!("{prefix}*");
         let mut deleted = 0u64;
         let scanned = async {
-            let mut cursor: u64 = 0;
-            loop {
-                // Bytes: a non-UTF-8 key under our prefix must not stop the clear.
-                let (next, keys): (u64, Vec<Vec<u8>>) = self
-                    .query(
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(BATCH),
-                    )
-                    .await?;
+            let mut scan = self.scanner(Some(&pattern), BATCH).await?;
+            while let Some(keys) = self.next_page(&mut scan).await? {
                 if !keys.is_empty() {
                     let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
                     deleted += n;
                 }
-                if next == 0 {
-                    return Ok::<_, CacheError>(());
-                }
-                cursor = next;
             }
+            Ok::<_, CacheError>(())
         }
         .await;
         // Announced even when the clear stopped half-way: what was deleted is gone.
@@ -239,6 +438,34 @@ impl Store for RedisBackend {
             announced?;
         } else {
             scanned?;
+        }
+        Ok(deleted)
+    }
+
+    /// SCAN (every primary of a cluster) with `pattern`, UNLINK what `wanted` keeps.
+    async fn clear_matching(
+        &self,
+        pattern: &str,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<u64, CacheError> {
+        let mut deleted = 0u64;
+        let mut scan = self.scanner(Some(pattern), BATCH).await?;
+        while let Some(keys) = self.next_page(&mut scan).await? {
+            let doomed: Vec<&str> = keys
+                .iter()
+                .filter_map(|k| std::str::from_utf8(k).ok())
+                .filter(|k| wanted(k))
+                .collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let n: u64 = self.query(redis::cmd("UNLINK").arg(&doomed)).await?;
+            deleted += n;
+            if let Some(pubsub) = &self.pubsub {
+                let mut pipe = redis::pipe();
+                pubsub.announce_keys(&mut pipe, doomed.iter().copied(), false);
+                self.query_pipe::<()>(&pipe).await?;
+            }
         }
         Ok(deleted)
     }
@@ -262,14 +489,32 @@ impl Store for RedisBackend {
             let (next, pairs): (u64, Vec<String>) = self.query(&scan).await?;
             let keys: Vec<String> = pairs.into_iter().step_by(2).collect();
             if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                pipe.cmd("UNLINK").arg(&keys);
-                pipe.cmd("ZREM").arg(index).arg(&keys).ignore();
-                if let Some(pubsub) = &self.pubsub {
-                    pubsub.announce_keys(&mut pipe, keys.iter().map(String::as_str));
+                let same_slot =
+                    self.cluster().is_none() || keys.iter().all(|k| hash_tag(k) == hash_tag(index));
+                if same_slot {
+                    // A user's keys and index share a hash tag: one slot, one pipeline.
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("UNLINK").arg(&keys);
+                    pipe.cmd("ZREM").arg(index).arg(&keys).ignore();
+                    self.announce_keys(&mut pipe, keys.iter().map(String::as_str))
+                        .await?;
+                    let (n,): (u64,) = self.query_pipe(&pipe).await?;
+                    deleted += n;
+                } else {
+                    // Members in other slots (the seed's layout on a cluster): UNLINK goes
+                    // through the cluster connection, which splits it by slot.
+                    let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                    deleted += n;
+                    self.query::<()>(redis::cmd("ZREM").arg(index).arg(&keys))
+                        .await?;
+                    for key in &keys {
+                        let mut pipe = redis::pipe();
+                        self.announce_keys(&mut pipe, [key.as_str()]).await?;
+                        if pipe.cmd_iter().next().is_some() {
+                            self.query_pipe::<()>(&pipe).await?;
+                        }
+                    }
                 }
-                let (n,): (u64,) = self.query_pipe(&pipe).await?;
-                deleted += n;
             }
             if next == 0 {
                 return Ok(deleted);
@@ -278,7 +523,8 @@ impl Store for RedisBackend {
         }
     }
 
-    /// One SCAN pass, stopping at the budget's keys examined or time, whichever first.
+    /// One SCAN pass (over every primary of a cluster), stopping at the budget's keys
+    /// examined or time, whichever first.
     async fn count_namespaces(
         &self,
         prefix: &str,
@@ -286,43 +532,34 @@ impl Store for RedisBackend {
     ) -> Result<NamespaceCount, CacheError> {
         let start = Instant::now();
         let mut count = NamespaceCount::default();
-        let mut cursor: u64 = 0;
-        loop {
-            // Bytes, not String: one non-UTF-8 key elsewhere must not spoil the count.
-            let (next, keys): (u64, Vec<Vec<u8>>) = self
-                .query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000))
-                .await?;
+        let mut scan = self.scanner(None, 1000).await?;
+        while let Some(keys) = self.next_page(&mut scan).await? {
             count.scanned += keys.len() as u64;
             for key in keys.iter().filter_map(|k| std::str::from_utf8(k).ok()) {
                 if let Some(ns) = namespace_of(key, prefix) {
                     *count.by_namespace.entry(ns.to_owned()).or_insert(0) += 1;
                 }
             }
-            if next == 0 {
-                count.complete = true;
-                return Ok(count);
-            }
             if count.scanned >= budget.max_keys || start.elapsed() >= budget.max_time {
-                return Ok(count);
+                break;
             }
-            cursor = next;
         }
+        count.complete = Self::scan_done(&scan);
+        Ok(count)
     }
 
+    /// DBSIZE (summed over the primaries of a cluster).
     async fn key_total(&self) -> Result<Option<u64>, CacheError> {
         let n: i64 = self.query(&redis::cmd("DBSIZE")).await?;
         Ok(u64::try_from(n).ok())
     }
 
     async fn server_facts(&self) -> Result<ServerFacts, CacheError> {
-        let server = self.info("server").await?;
-        let f = parse_info(&server);
-        let mut facts = ServerFacts {
-            version: f.get("redis_version").map(|s| (*s).to_owned()),
-            mode: f.get("redis_mode").map(|s| (*s).to_owned()),
-            uptime_secs: f.get("uptime_in_seconds").and_then(|s| s.parse().ok()),
-            ..ServerFacts::default()
-        };
+        if let Topology::Cluster(cluster) = self.guard.run(self.topology()).await? {
+            return self.cluster_facts(cluster).await.map(|(facts, _)| facts);
+        }
+        let text = self.info("server").await?;
+        let mut facts = server_facts_of(&parse_info(&text));
         // A managed service may withhold sections: what it withholds stays unknown.
         if let Ok(clients) = self.info("clients").await {
             let f = parse_info(&clients);
@@ -333,18 +570,11 @@ impl Store for RedisBackend {
     }
 
     async fn memory_facts(&self) -> Result<MemoryFacts, CacheError> {
+        if let Topology::Cluster(cluster) = self.guard.run(self.topology()).await? {
+            return self.cluster_facts(cluster).await.map(|(_, memory)| memory);
+        }
         let text = self.info("memory").await?;
-        let f = parse_info(&text);
-        let used = f.get("used_memory").and_then(|s| s.parse().ok());
-        Ok(MemoryFacts {
-            used,
-            used_human: f
-                .get("used_memory_human")
-                .map(|s| (*s).to_owned())
-                .or_else(|| used.map(crate::backend::human_bytes)),
-            max: f.get("maxmemory").and_then(|s| s.parse().ok()),
-            policy: f.get("maxmemory_policy").map(|s| (*s).to_owned()),
-        })
+        Ok(memory_facts_of(&parse_info(&text)))
     }
 
     fn invalidation_mode(&self) -> Option<&'static str> {
@@ -360,5 +590,134 @@ impl Store for RedisBackend {
                 }
             }
         }
+    }
+}
+
+/// Server facts from `INFO server`.
+fn server_facts_of(f: &std::collections::HashMap<&str, &str>) -> ServerFacts {
+    ServerFacts {
+        version: f.get("redis_version").map(|s| (*s).to_owned()),
+        mode: f.get("redis_mode").map(|s| (*s).to_owned()),
+        uptime_secs: f.get("uptime_in_seconds").and_then(|s| s.parse().ok()),
+        ..ServerFacts::default()
+    }
+}
+
+/// Memory facts from `INFO memory`.
+fn memory_facts_of(f: &std::collections::HashMap<&str, &str>) -> MemoryFacts {
+    let used = f.get("used_memory").and_then(|s| s.parse().ok());
+    MemoryFacts {
+        used,
+        used_human: f
+            .get("used_memory_human")
+            .map(|s| (*s).to_owned())
+            .or_else(|| used.map(crate::backend::human_bytes)),
+        max: f.get("maxmemory").and_then(|s| s.parse().ok()),
+        policy: f.get("maxmemory_policy").map(|s| (*s).to_owned()),
+        nodes: Vec::new(),
+    }
+}
+
+impl RedisBackend {
+    /// Asks every node of the cluster about itself (concurrently, each bounded by the
+    /// guard), and adds it up: server facts with the node list and any problem, and memory.
+    async fn cluster_facts(
+        &self,
+        cluster: &Cluster,
+    ) -> Result<(ServerFacts, MemoryFacts), CacheError> {
+        let lines = self.guard.run(cluster.nodes()).await?;
+        self.listen_on(cluster, &lines);
+        let problem = self
+            .guard
+            .run(async { Ok(cluster.problem(&lines).await) })
+            .await?;
+        let survey = lines.iter().map(|line| async move {
+            let started = Instant::now();
+            let mut pipe = redis::pipe();
+            pipe.cmd("INFO").arg("server");
+            pipe.cmd("INFO").arg("memory");
+            pipe.cmd("INFO").arg("clients");
+            pipe.cmd("DBSIZE");
+            let answer = self
+                .guard
+                .run(async {
+                    let mut conn = cluster.node_connection(&line.addr).await?;
+                    pipe.query_async::<(String, String, String, u64)>(&mut conn)
+                        .await
+                        .map_err(|e| self.classifier.classify(&e))
+                })
+                .await;
+            (line, answer, started.elapsed())
+        });
+        let answers = futures_util::future::join_all(survey).await;
+        let mut server = ServerFacts {
+            mode: Some("cluster".to_owned()),
+            problem,
+            ..ServerFacts::default()
+        };
+        let mut memory = MemoryFacts::default();
+        let mut max_total = Some(0u64);
+        for (line, answer, elapsed) in answers {
+            let mut node = NodeFacts {
+                address: line.addr.to_string(),
+                role: if line.primary { "primary" } else { "replica" },
+                status: if line.failing {
+                    "failing".to_owned()
+                } else {
+                    "ok".to_owned()
+                },
+                slots: line.slots,
+                ..NodeFacts::default()
+            };
+            match answer {
+                Ok((info_server, info_memory, info_clients, keys)) => {
+                    let s = server_facts_of(&parse_info(&info_server));
+                    let m = memory_facts_of(&parse_info(&info_memory));
+                    let c = parse_info(&info_clients);
+                    node.version.clone_from(&s.version);
+                    node.latency_ms = Some(elapsed.as_secs_f64() * 1000.0);
+                    node.used_memory = m.used;
+                    node.maxmemory = m.max;
+                    node.keys = Some(keys);
+                    if server.version.is_none() {
+                        server.version = s.version;
+                    }
+                    if line.primary {
+                        server.uptime_secs = match (server.uptime_secs, s.uptime_secs) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        memory.used = Some(memory.used.unwrap_or(0) + m.used.unwrap_or(0));
+                        // The limit of the whole: the sum of the primaries', unless one has none.
+                        max_total = match (max_total, m.max) {
+                            (Some(t), Some(n)) if n > 0 => Some(t + n),
+                            _ => None,
+                        };
+                        if memory.policy.is_none() {
+                            memory.policy = m.policy;
+                        }
+                    }
+                    let add = |total: Option<u64>, field: &str| {
+                        c.get(field)
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .map(|n| total.unwrap_or(0) + n)
+                            .or(total)
+                    };
+                    server.clients_connected = add(server.clients_connected, "connected_clients");
+                    server.clients_blocked = add(server.clients_blocked, "blocked_clients");
+                }
+                Err(e) => {
+                    node.status = format!("unreachable: {e}");
+                    if line.primary {
+                        max_total = None;
+                    }
+                }
+            }
+            server.nodes.push(node);
+        }
+        memory.max = max_total.or(Some(0));
+        memory.used_human = memory.used.map(crate::backend::human_bytes);
+        memory.nodes = server.nodes.clone();
+        Ok((server, memory))
     }
 }

@@ -67,6 +67,9 @@ impl Guard {
             });
         }
         let Some(permit) = self.breaker.permit() else {
+            // Failing fast never waits: give the scheduler its turn now and then, or a
+            // loop of calls would hog its worker thread while the breaker is open.
+            tokio::task::consume_budget().await;
             return Err(CacheError::Unavailable);
         };
         let mut guard = Abandon(&self.breaker, Some(permit));

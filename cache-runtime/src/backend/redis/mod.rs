@@ -1,7 +1,9 @@
 //! Redis over TCP or TLS (rustls), one module per concern:
 //!
 //! - `client.rs`: the driver's client from the configuration (credentials, TLS, TCP);
-//! - `pool.rs`: the connections ("lanes") and which one a request takes;
+//! - `pool.rs`: the connections ("lanes") to a standalone server and which one a request takes;
+//! - `cluster.rs`: a Redis Cluster (the driver's cluster connection, per-node connections);
+//! - `topology.rs`: standalone or cluster, decided once (`REDIS_CLUSTER`, or asked at connect);
 //! - `guard.rs`: the timer and circuit breaker every request runs under (`breaker.rs`);
 //! - `errors.rs`: driver errors classified into [`CacheError`]s that say what to do;
 //! - `commands.rs`: the operations of [`Store`](super::Store) as Redis commands;
@@ -10,6 +12,7 @@
 
 mod breaker;
 mod client;
+mod cluster;
 mod commands;
 mod errors;
 #[cfg(feature = "testing")]
@@ -17,23 +20,30 @@ pub(crate) mod faults;
 mod guard;
 mod pool;
 mod pubsub;
+mod topology;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use self::errors::Classifier;
 use self::guard::Guard;
 use self::pool::Pool;
 use self::pubsub::PubSub;
-use crate::config::RedisConfig;
+use self::topology::Topology;
+use crate::config::{ClusterMode, RedisConfig};
 use crate::error::CacheError;
 
-/// A standalone Redis server.
+/// A Redis server or cluster.
 pub(crate) struct RedisBackend {
     config: RedisConfig,
     /// The URL without its password.
     shown: String,
     classifier: Classifier,
+    /// Connections to the configured server (and the first contact with a cluster).
     pool: Arc<Pool>,
+    /// Standalone or cluster: set at construction (`REDIS_CLUSTER=true`) or at the first
+    /// connect (asked of the server).
+    topology: OnceLock<Topology>,
+    discovering: tokio::sync::Mutex<()>,
     guard: Guard,
     /// Invalidation announcements and their listener, when an L1 is configured.
     pubsub: Option<PubSub>,
@@ -57,8 +67,22 @@ impl RedisBackend {
         let client = client::build_client(config, &classifier)?;
         client::warn_insecure_tls(config);
         tracing::info!(target: "cache_runtime::connection", redis = %config, "using Redis");
-        let pubsub =
-            with_l1.then(|| PubSub::new(key_prefix, client.clone(), config.connect_timeout));
+        // The listener subscribes to the server, or to any seed node of a cluster.
+        let pubsub = if with_l1 {
+            let mut nodes = vec![client.clone()];
+            for seed in config.seeds().iter().skip(1) {
+                let node = config.for_node(seed);
+                nodes.push(client::build_client(&node, &classifier)?);
+            }
+            Some(PubSub::new(key_prefix, nodes, config.connect_timeout))
+        } else {
+            None
+        };
+        let topology = OnceLock::new();
+        if config.cluster == ClusterMode::Enabled {
+            let cluster = cluster::Cluster::new(config, classifier.clone())?;
+            let _ = topology.set(Topology::Cluster(Arc::new(cluster)));
+        }
         Ok(Self {
             shown: config.to_string(),
             pool: Arc::new(Pool::new(
@@ -67,6 +91,8 @@ impl RedisBackend {
                 config.pool_max_size.get(),
                 config.connect_timeout,
             )),
+            topology,
+            discovering: tokio::sync::Mutex::new(()),
             guard: Guard::new(config.socket_timeout),
             classifier,
             config: config.clone(),

@@ -150,6 +150,11 @@ impl Pool {
         }
     }
 
+    /// Closes every lane (the server turned out to be a cluster node).
+    pub(super) fn close(&self) {
+        self.lanes.store(Arc::new(Vec::new()));
+    }
+
     /// Whether any request is in flight (then a read may share another's round trip).
     pub(super) fn busy(&self) -> bool {
         self.lanes

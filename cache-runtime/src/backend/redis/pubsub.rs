@@ -2,15 +2,21 @@
 //! seam (`backend/invalidation.rs`).
 //!
 //! Every store, delete and clear of any process is announced on `{prefix}:__invalidate`,
-//! pipelined with the write itself (no extra round trip); each process subscribes and feeds
-//! its L1. Messages: `k\0key[\0key…]` (keys) or `p\0prefix` (every key under a prefix).
+//! pipelined with the write itself (no extra round trip); each process subscribes (to the
+//! pattern `{prefix}:__invalidate*`) and feeds its L1. On a cluster the channel carries the
+//! key's hash tag (`{prefix}:__invalidate{<tag>}`), so the PUBLISH lands in the key's slot
+//! and rides in the same pipeline; a cluster delivers every PUBLISH to subscribers on every
+//! node, so the listener needs one node, and moves to another when its node goes away.
+//! Messages: `k\0key[\0key…]` (keys) or `p\0prefix` (every key under a prefix).
 //! A heartbeat PING through the subscribed connection proves it alive, so a silent
 //! connection (NAT timeout, a stalled proxy, failover) is noticed within [`HEARTBEAT`] plus
 //! [`PONG_DEADLINE`]: the longest an L1 may serve a value another process changed while
 //! the channel silently stopped delivering. A closed connection is noticed at once.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use crate::backend::invalidation::{Invalidated, Sink};
 
@@ -27,8 +33,21 @@ pub(crate) const PONG_DEADLINE: Duration = Duration::from_millis(250);
 /// The channel, and how to announce on it and listen to it.
 pub(crate) struct PubSub {
     channel: String,
-    client: redis::Client,
+    /// Where the listener may subscribe: the server, or the nodes of a cluster.
+    nodes: Arc<ArcSwap<Vec<redis::Client>>>,
     connect_timeout: Duration,
+}
+
+/// The hash tag of a key (what Redis Cluster hashes): the text between the first `{` and
+/// the next `}` when not empty, else the whole key.
+pub(crate) fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}').map(|close| &rest[..close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key)
 }
 
 /// The channel of invalidation messages for keys under `key_prefix`.
@@ -37,26 +56,48 @@ pub(crate) fn channel(key_prefix: &str) -> String {
 }
 
 impl PubSub {
-    pub(crate) fn new(key_prefix: &str, client: redis::Client, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        key_prefix: &str,
+        nodes: Vec<redis::Client>,
+        connect_timeout: Duration,
+    ) -> Self {
         Self {
             channel: channel(key_prefix),
-            client,
+            nodes: Arc::new(ArcSwap::from_pointee(nodes)),
             connect_timeout,
         }
     }
 
-    /// Appends the announcement that `keys` changed to `pipe`.
+    /// Where the listener may subscribe from now on (a cluster's current nodes).
+    pub(crate) fn set_nodes(&self, nodes: Vec<redis::Client>) {
+        if !nodes.is_empty() {
+            self.nodes.store(Arc::new(nodes));
+        }
+    }
+
+    /// Appends the announcement that `keys` changed to `pipe`. On a cluster (`tagged`) the
+    /// keys must share a slot (those of one pipeline do), and the channel carries their tag.
     pub(crate) fn announce_keys<'a>(
         &self,
         pipe: &mut redis::Pipeline,
         keys: impl IntoIterator<Item = &'a str>,
+        tagged: bool,
     ) {
         let mut message = vec![KEYS];
+        let mut tag = None;
         for key in keys {
+            tag.get_or_insert_with(|| hash_tag(key));
             message.push(0);
             message.extend_from_slice(key.as_bytes());
         }
-        pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
+        match tag.filter(|_| tagged) {
+            Some(tag) => pipe
+                .cmd("PUBLISH")
+                .arg(format!("{}{{{tag}}}", self.channel)),
+            None => pipe.cmd("PUBLISH").arg(&self.channel),
+        }
+        .arg(message)
+        .ignore();
     }
 
     /// Appends the announcement that every key under `prefix` changed to `pipe`.
@@ -77,8 +118,8 @@ impl PubSub {
         };
         handle.spawn(listen(
             sink,
-            self.client.clone(),
-            self.channel.clone(),
+            Arc::clone(&self.nodes),
+            format!("{}*", self.channel),
             self.connect_timeout,
         ));
     }
@@ -119,17 +160,24 @@ impl Drop for Ended {
 
 async fn listen(
     sink: Weak<dyn Sink>,
-    client: redis::Client,
-    channel: String,
+    nodes: Arc<ArcSwap<Vec<redis::Client>>>,
+    pattern: String,
     connect_timeout: Duration,
 ) {
     use futures_util::StreamExt as _;
     let _ended = Ended(sink.clone());
     let mut was_up = false;
+    // Which node to try next: after a failure, the next one.
+    let mut next = 0usize;
     loop {
+        let candidates = nodes.load_full();
+        let Some(client) = candidates.get(next % candidates.len().max(1)).cloned() else {
+            return;
+        };
+        next = next.wrapping_add(1);
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.psubscribe(&pattern).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
         match tokio::time::timeout(connect_timeout, subscribed).await {
@@ -138,7 +186,9 @@ async fn listen(
                 s.up();
                 drop(s);
                 was_up = true;
-                tracing::debug!(target: "cache_runtime::connection", channel, "L1 invalidation channel up");
+                // Stay on this node next time it drops, unless it fails to connect.
+                next = next.wrapping_sub(1);
+                tracing::debug!(target: "cache_runtime::connection", pattern, "L1 invalidation channel up");
                 let (mut control, mut messages) = pubsub.split();
                 let mut heartbeat = tokio::time::interval(HEARTBEAT);
                 heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -201,11 +251,11 @@ mod tests {
     fn messages_round_trip() {
         let ps = PubSub::new(
             "p",
-            redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            vec![redis::Client::open("redis://127.0.0.1:1").unwrap()],
             Duration::from_secs(1),
         );
         let mut pipe = redis::pipe();
-        ps.announce_keys(&mut pipe, ["p:a:1", "p:a:2"]);
+        ps.announce_keys(&mut pipe, ["p:a:1", "p:a:2"], false);
         ps.announce_prefix(&mut pipe, "p:b:");
         let recorder = Arc::new(Recorder::default());
         for cmd in pipe.cmd_iter() {
@@ -220,6 +270,27 @@ mod tests {
             assert_eq!(args[1], b"p:__invalidate");
             apply(&*recorder, &args[2]);
         }
+        // On a cluster the channel is in the keys' slot.
+        let mut pipe = redis::pipe();
+        ps.announce_keys(&mut pipe, ["p:users:{user:1}:x"], true);
+        ps.announce_keys(&mut pipe, ["p:analytics:f:v1:ab"], true);
+        let channels: Vec<Vec<u8>> = pipe
+            .cmd_iter()
+            .filter_map(|c| match c.args_iter().nth(1) {
+                Some(redis::Arg::Simple(b)) => Some(b.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            channels,
+            [
+                b"p:__invalidate{user:1}".to_vec(),
+                b"p:__invalidate{p:analytics:f:v1:ab}".to_vec()
+            ]
+        );
+        assert_eq!(hash_tag("a{b}c"), "b");
+        assert_eq!(hash_tag("a{}c"), "a{}c");
+        assert_eq!(hash_tag("abc"), "abc");
         apply(&*recorder, b"garbage");
         assert_eq!(
             *recorder.0.lock().unwrap(),

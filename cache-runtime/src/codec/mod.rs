@@ -1,0 +1,396 @@
+//! How values are stored: the envelope, the codecs, and two plain forms.
+//!
+//! - An enveloped value is `[FORMAT_V2, codec id, shape tag (8 bytes), payload...]`: the
+//!   shape tag is the first 8 bytes of the value type's shape digest (`shape/`), so a value
+//!   written for another shape of the type (another build) is a miss, never decoded into
+//!   the new type.
+//! - An integer (a type whose shape is an integer) is stored as its decimal text, what
+//!   Redis `INCRBY` reads and writes: `set` then `increment` works, and so does reading a
+//!   counter back as an integer.
+//! - With [`CodecKind::JsonPlain`] a value is bare JSON as Python's `json.dumps` writes it,
+//!   no envelope: what another service reads with `json.loads` (the shape check then lives
+//!   in the key of decorated functions only).
+//!
+//! A value that does not decode (another codec, another shape, corrupt, foreign) is a miss:
+//! the caller logs it and the next store overwrites it.
+
+mod integer;
+mod json_fidelity;
+mod python_json;
+
+use std::fmt;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::error::CacheError;
+use crate::shape::Shape;
+
+/// First byte of every envelope. A new layout gets a new byte; old values become misses.
+/// `0xC1` (version 1, without the shape tag) is no longer read.
+pub const FORMAT_V2: u8 = 0xC2;
+
+/// Bytes before the payload of an envelope.
+const HEADER: usize = 10;
+
+/// A value manual and service operations can store: serialisable, with the owned type it
+/// is read back as (whose shape is recorded with it). Every `Serialize + DeserializeOwned`
+/// type is one, and so are `str` and `[T]` (stored as `String` and `Vec<T>` are).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored in the cache",
+    label = "a value the cache stores must be `Serialize + DeserializeOwned` (or `str`, `[T]`)",
+    note = "pass a string as `\"text\"` or `&string`, not `&\"text\"` (a reference to a reference)"
+)]
+pub trait Storable: Serialize {
+    /// What the value is read back as.
+    type Owned: DeserializeOwned;
+}
+
+impl<T: Serialize + DeserializeOwned> Storable for T {
+    type Owned = T;
+}
+
+impl Storable for str {
+    type Owned = String;
+}
+
+impl<T: Serialize + DeserializeOwned> Storable for [T] {
+    type Owned = Vec<T>;
+}
+
+/// The codec of stored values (`CACHE_CODEC`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+#[non_exhaustive]
+pub enum CodecKind {
+    /// bincode 1.3 (compact, fast; Rust-only). The default.
+    #[default]
+    Bincode,
+    /// JSON in an envelope (readable in redis-cli; the shape is checked on read).
+    Json,
+    /// Bare JSON exactly as Python's `json.dumps` writes it, for sharing entries with other
+    /// services (the seed's Python backend reads them with `json.loads`). No envelope: the
+    /// shape of manual and service entries is not checked (decorated functions keep it in
+    /// their keys), and user keys use the seed's `user:<id>` layout without a hash tag.
+    JsonPlain,
+}
+
+impl CodecKind {
+    /// The byte recorded in the envelope. Stable: never reuse a number.
+    pub const fn id(self) -> u8 {
+        match self {
+            Self::Bincode => 1,
+            Self::Json => 2,
+            Self::JsonPlain => 3,
+        }
+    }
+
+    /// The name used in configuration and messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Bincode => "bincode",
+            Self::Json => "json",
+            Self::JsonPlain => "json-plain",
+        }
+    }
+
+    /// The codec named `name` (`bincode`, `json`, `json-plain`; any case), as `CACHE_CODEC`
+    /// takes it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "bincode" => Some(Self::Bincode),
+            "json" => Some(Self::Json),
+            "json-plain" | "json_plain" => Some(Self::JsonPlain),
+            _ => None,
+        }
+    }
+
+    fn from_id(id: u8) -> Option<Self> {
+        [Self::Bincode, Self::Json, Self::JsonPlain]
+            .into_iter()
+            .find(|c| c.id() == id)
+    }
+
+    /// Encodes `value` as the cache stores it, refusing results above `limit` bytes (the
+    /// bytes a manual `set` of `value` writes, e.g. to prepare a value for another tool).
+    pub fn encode<T: Storable + ?Sized>(
+        self,
+        value: &T,
+        limit: usize,
+    ) -> Result<Vec<u8>, CacheError> {
+        self.encode_shaped(value, &crate::shape::shape_of::<T::Owned>(), limit)
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote: a miss-worthy error for another codec,
+    /// another shape of `T`, or foreign bytes.
+    pub fn decode<T: Serialize + DeserializeOwned>(self, bytes: &[u8]) -> Result<T, CacheError> {
+        self.decode_shaped(bytes, &crate::shape::shape_of::<T>())
+    }
+
+    /// Encodes `value` (whose type has `shape`), refusing results above `limit` bytes.
+    pub(crate) fn encode_shaped<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        shape: &Shape,
+        limit: usize,
+    ) -> Result<Vec<u8>, CacheError> {
+        let encode_err = |detail: String| CacheError::Encode {
+            codec: self.name(),
+            detail,
+        };
+        let out = if shape.integer {
+            integer::to_text(value).map_err(encode_err)?
+        } else {
+            match self {
+                Self::JsonPlain => {
+                    python_json::to_vec(value).map_err(|e| encode_err(e.to_string()))?
+                }
+                Self::Bincode | Self::Json => {
+                    let mut out = Vec::with_capacity(64);
+                    out.push(FORMAT_V2);
+                    out.push(self.id());
+                    out.extend_from_slice(&shape.tag());
+                    let result = if self == Self::Bincode {
+                        bincode::serialize_into(&mut out, value).map_err(|e| e.to_string())
+                    } else {
+                        serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())
+                    };
+                    result.map_err(encode_err)?;
+                    out
+                }
+            }
+        };
+        if out.len() > limit {
+            return Err(CacheError::TooLarge {
+                size: out.len(),
+                limit,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes what [`encode_shaped`](Self::encode_shaped) wrote for a type of `shape`.
+    pub(crate) fn decode_shaped<T: Serialize + DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        shape: &Shape,
+    ) -> Result<T, CacheError> {
+        let decode_err = |detail: String| CacheError::Decode {
+            codec: self.name(),
+            detail,
+        };
+        if shape.integer {
+            return integer::from_text(bytes).map_err(decode_err);
+        }
+        if self == Self::JsonPlain {
+            let value: T = serde_json::from_slice(bytes).map_err(|e| decode_err(e.to_string()))?;
+            // Bare JSON records no shape. Where the key does not either (manual and service
+            // operations), a value only hits when it is what `T` writes, up to key order:
+            // else `{"value": 15025}` (cents, another build's `u64`) would read as 15025.0
+            // dollars, or a struct would silently drop another shape's fields.
+            if !shape.in_key && !json_fidelity::faithful(&value, bytes) {
+                return Err(CacheError::ShapeMismatch);
+            }
+            return Ok(value);
+        }
+        match bytes {
+            [FORMAT_V2, codec, tag @ ..] if bytes.len() >= HEADER && *codec == self.id() => {
+                if tag[..8] != shape.tag() {
+                    return Err(CacheError::ShapeMismatch);
+                }
+                let payload = &bytes[HEADER..];
+                if self == Self::Bincode {
+                    // Same wire format as `bincode::serialize_into` (fixint, little endian),
+                    // but trailing bytes are rejected (a prefix of another type is not a
+                    // hit) and claimed lengths cannot exceed the payload (corrupt data
+                    // cannot make us allocate gigabytes).
+                    use bincode::Options as _;
+                    bincode::DefaultOptions::new()
+                        .with_fixint_encoding()
+                        .reject_trailing_bytes()
+                        .with_limit(payload.len() as u64)
+                        .deserialize(payload)
+                        .map_err(|e| decode_err(e.to_string()))
+                } else {
+                    serde_json::from_slice(payload).map_err(|e| decode_err(e.to_string()))
+                }
+            }
+            [FORMAT_V2, codec, ..] if bytes.len() >= HEADER => Err(decode_err(format!(
+                "envelope codec {codec} is not {} ({})",
+                self.id(),
+                self.name()
+            ))),
+            _ => Err(decode_err("not an envelope of this library".to_owned())),
+        }
+    }
+}
+
+impl Serialize for CodecKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl fmt::Display for CodecKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a stored value's bytes say about themselves (for `cachectl inspect`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub enum StoredForm {
+    /// An envelope of this library.
+    Envelope {
+        /// The codec it records (`None`: an id this build does not know).
+        codec: Option<CodecKind>,
+        /// The shape tag, hexadecimal.
+        shape_tag: String,
+        /// Bytes after the header.
+        payload_bytes: usize,
+    },
+    /// A decimal integer (a counter, or an integer value).
+    Integer(i128),
+    /// Bare JSON (`json-plain`, or another service's value).
+    Json,
+    /// Anything else.
+    Foreign,
+}
+
+/// Tells what `bytes` are.
+pub fn stored_form(bytes: &[u8]) -> StoredForm {
+    match bytes {
+        [FORMAT_V2, codec, ..] if bytes.len() >= HEADER => StoredForm::Envelope {
+            codec: CodecKind::from_id(*codec),
+            shape_tag: bytes[2..HEADER]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            payload_bytes: bytes.len() - HEADER,
+        },
+        _ => match integer::parse(bytes) {
+            Some(n) => StoredForm::Integer(n),
+            None if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+                StoredForm::Json
+            }
+            None => StoredForm::Foreign,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::shape_of;
+    use serde::Deserialize;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Metrics {
+        total: f64,
+        name: String,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Swapped {
+        name: String,
+        total: f64,
+    }
+
+    #[test]
+    fn round_trips_with_every_codec() {
+        let m = Metrics {
+            total: 1.5,
+            name: "x".into(),
+        };
+        let shape = shape_of::<Metrics>();
+        for codec in [CodecKind::Bincode, CodecKind::Json, CodecKind::JsonPlain] {
+            let bytes = codec.encode_shaped(&m, &shape, 1024).unwrap();
+            assert_eq!(
+                codec.decode_shaped::<Metrics>(&bytes, &shape).unwrap(),
+                m,
+                "{codec}"
+            );
+        }
+        let bytes = CodecKind::Bincode.encode_shaped(&m, &shape, 1024).unwrap();
+        assert_eq!(bytes[..2], [FORMAT_V2, CodecKind::Bincode.id()]);
+        assert_eq!(bytes[2..10], shape.tag());
+        assert_eq!(
+            CodecKind::JsonPlain
+                .encode_shaped(&m, &shape, 1024)
+                .unwrap(),
+            br#"{"total": 1.5, "name": "x"}"#
+        );
+    }
+
+    #[test]
+    fn another_shape_is_a_mismatch_not_a_value() {
+        let m = Metrics {
+            total: 1.5,
+            name: "x".into(),
+        };
+        for codec in [CodecKind::Bincode, CodecKind::Json] {
+            let bytes = codec
+                .encode_shaped(&m, &shape_of::<Metrics>(), 1024)
+                .unwrap();
+            let err = codec
+                .decode_shaped::<Swapped>(&bytes, &shape_of::<Swapped>())
+                .unwrap_err();
+            assert!(matches!(err, CacheError::ShapeMismatch), "{codec}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn integers_are_plain_decimal_text() {
+        let shape = shape_of::<i64>();
+        for codec in [CodecKind::Bincode, CodecKind::Json, CodecKind::JsonPlain] {
+            assert_eq!(codec.encode_shaped(&-42i64, &shape, 64).unwrap(), b"-42");
+            assert_eq!(codec.decode_shaped::<i64>(b"-42", &shape).unwrap(), -42);
+            assert_eq!(
+                codec.decode_shaped::<u8>(b"7", &shape_of::<u8>()).unwrap(),
+                7
+            );
+            assert!(codec
+                .decode_shaped::<u8>(b"300", &shape_of::<u8>())
+                .is_err());
+            assert!(codec
+                .decode_shaped::<u64>(b"-1", &shape_of::<u64>())
+                .is_err());
+            assert!(codec.decode_shaped::<i64>(b"12x", &shape).is_err());
+            assert!(codec.decode_shaped::<i64>(b"", &shape).is_err());
+        }
+        assert_eq!(stored_form(b"-42"), StoredForm::Integer(-42));
+    }
+
+    #[test]
+    fn foreign_values_are_errors_not_panics() {
+        let u32_shape = shape_of::<u32>();
+        let string_shape = shape_of::<String>();
+        let json = CodecKind::Json.encode("x", 64).unwrap();
+        assert!(CodecKind::Bincode
+            .decode_shaped::<String>(&json, &string_shape)
+            .is_err());
+        assert!(CodecKind::Bincode
+            .decode_shaped::<String>(b"hello", &string_shape)
+            .is_err());
+        assert!(CodecKind::Bincode
+            .decode_shaped::<String>(&[], &string_shape)
+            .is_err());
+        assert!(CodecKind::Bincode
+            .decode_shaped::<u32>(b"hello", &u32_shape)
+            .is_err());
+        let long = CodecKind::Bincode.encode("ab", 64).unwrap();
+        let mut trailing = long.clone();
+        trailing.push(0);
+        assert!(CodecKind::Bincode
+            .decode_shaped::<String>(&trailing, &string_shape)
+            .is_err());
+        assert!(CodecKind::JsonPlain
+            .decode_shaped::<String>(&long, &string_shape)
+            .is_err());
+    }
+
+    #[test]
+    fn size_limit_applies_to_the_stored_bytes() {
+        let err = CodecKind::Bincode.encode(&vec![0u8; 100], 50).unwrap_err();
+        assert!(matches!(err, CacheError::TooLarge { limit: 50, .. }));
+    }
+}
