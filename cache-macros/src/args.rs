@@ -42,22 +42,30 @@ impl Kind {
     }
 }
 
-const COMMON: [&str; 9] = [
+const COMMON: [&str; 13] = [
     "ttl",
     "namespace",
     "name",
     "version",
+    "fail_safe",
+    "soft_timeout",
+    "refresh_ahead",
+    "distributed_lock",
     "skip",
     "include",
     "cache_none",
     "companions",
     "cache",
 ];
-const USER_SPECIFIC: [&str; 11] = [
+const USER_SPECIFIC: [&str; 15] = [
     "ttl",
     "namespace",
     "name",
     "version",
+    "fail_safe",
+    "soft_timeout",
+    "refresh_ahead",
+    "distributed_lock",
     "skip",
     "include",
     "cache_none",
@@ -114,6 +122,15 @@ pub(crate) struct Args {
     /// `name = "billing::invoice"`: the function's identity in keys, instead of its module
     /// path and name (so moving or renaming it, or its crate, keeps its entries).
     pub(crate) name: Option<WithSpan<String>>,
+    /// `fail_safe = "2h"` (ms) or `fail_safe = false` (`None` inside).
+    pub(crate) fail_safe: Option<WithSpan<Option<u64>>>,
+    /// `soft_timeout = "300ms"`, in ms.
+    pub(crate) soft_timeout: Option<WithSpan<u64>>,
+    /// `refresh_ahead = 0.8`, in thousandths of the TTL.
+    pub(crate) refresh_ahead: Option<WithSpan<u16>>,
+    /// `distributed_lock = true` (`Some(0)`: the configured lease), `= "30s"` (ms), or
+    /// `= false` (`None` inside).
+    pub(crate) distributed_lock: Option<WithSpan<Option<u64>>>,
     /// Parameter names (and possibly `self`) left out of the key.
     pub(crate) skip: Vec<Ident>,
     /// Only `self` is accepted: every other parameter is part of the key unless skipped.
@@ -134,6 +151,10 @@ impl Args {
             data_type: None,
             version: None,
             name: None,
+            fail_safe: None,
+            soft_timeout: None,
+            refresh_ahead: None,
+            distributed_lock: None,
             skip: Vec::new(),
             include: Vec::new(),
             user: None,
@@ -220,6 +241,54 @@ fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
         }
         "version" => {
             args.version = expr(&ident, value, "`version = 2`", cx).and_then(|e| version(&e, cx))
+        }
+        "fail_safe" => {
+            const EXAMPLE: &str = "`fail_safe = \"2h\"` (how long past its TTL the last good value may be served) or `fail_safe = false`";
+            args.fail_safe = expr(&ident, value, EXAMPLE, cx).and_then(|e| match &e {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) if !b.value => Some(WithSpan {
+                    value: None,
+                    span: b.span(),
+                }),
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => {
+                    cx.error_spanned(
+                        b,
+                        format!("`fail_safe = true` needs a window: write e.g. {EXAMPLE}"),
+                    );
+                    None
+                }
+                _ => positive_ms(&e, "fail_safe", EXAMPLE, cx).map(|w| WithSpan {
+                    value: Some(w.value),
+                    span: w.span,
+                }),
+            });
+        }
+        "soft_timeout" => {
+            const EXAMPLE: &str = "`soft_timeout = \"300ms\"`";
+            args.soft_timeout = expr(&ident, value, EXAMPLE, cx)
+                .and_then(|e| positive_ms(&e, "soft_timeout", EXAMPLE, cx));
+        }
+        "refresh_ahead" => {
+            args.refresh_ahead =
+                expr(&ident, value, "`refresh_ahead = 0.8`", cx).and_then(|e| fraction(&e, cx));
+        }
+        "distributed_lock" => {
+            const EXAMPLE: &str = "`distributed_lock = true` (the lease of CACHE_LOCK_LEASE), `distributed_lock = \"30s\"` or `distributed_lock = false`";
+            args.distributed_lock = expr(&ident, value, EXAMPLE, cx).and_then(|e| match &e {
+                Expr::Lit(ExprLit {
+                    lit: Lit::Bool(b), ..
+                }) => Some(WithSpan {
+                    value: b.value.then_some(0),
+                    span: b.span(),
+                }),
+                _ => positive_ms(&e, "distributed_lock", EXAMPLE, cx).map(|w| WithSpan {
+                    value: Some(w.value),
+                    span: w.span,
+                }),
+            });
         }
         "name" => {
             args.name = expr(&ident, value, "`name = \"billing::invoice\"`", cx)
@@ -432,6 +501,63 @@ fn segment(e: &Expr, what: &str, cx: &mut Ctxt) -> Option<WithSpan<String>> {
         value,
         span: text.span(),
     })
+}
+
+/// A positive duration string (`"300ms"`, `"2h"`), in milliseconds, at most a year.
+fn positive_ms(e: &Expr, what: &str, example: &str, cx: &mut Ctxt) -> Option<WithSpan<u64>> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(text),
+        ..
+    }) = e
+    else {
+        cx.error_spanned(e, format!("expected a duration string, e.g. {example}"));
+        return None;
+    };
+    let parsed = cache_grammar::parse_duration(&text.value()).and_then(|d| {
+        if d.is_zero() {
+            Err(format!("`{what}` must be longer than zero"))
+        } else if d.as_secs() > 31_536_000 {
+            Err(format!("`{what}` is longer than a year"))
+        } else {
+            Ok(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }
+    });
+    match parsed {
+        Ok(ms) => Some(WithSpan {
+            value: ms,
+            span: text.span(),
+        }),
+        Err(message) => {
+            cx.error_spanned(text, format!("{message}; e.g. {example}"));
+            None
+        }
+    }
+}
+
+/// `refresh_ahead = 0.8`: a fraction of the TTL strictly between 0 and 1, in thousandths.
+fn fraction(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<u16>> {
+    const WHY: &str = "`refresh_ahead` is the share of the TTL after which a hit starts a background refresh: a number strictly between 0 and 1, e.g. `refresh_ahead = 0.8`";
+    let Expr::Lit(ExprLit {
+        lit: Lit::Float(f), ..
+    }) = e
+    else {
+        cx.error_spanned(e, WHY);
+        return None;
+    };
+    match f.base10_parse::<f64>() {
+        Ok(x) if x > 0.0 && x < 1.0 => {
+            // Thousandths: finer would not change which hit refreshes.
+            let permille = (x * 1000.0).round().clamp(1.0, 999.0) as u16;
+            Some(WithSpan {
+                value: permille,
+                span: f.span(),
+            })
+        }
+        _ => {
+            cx.error_spanned(f, WHY);
+            None
+        }
+    }
 }
 
 /// `name = "..."`: 1 to 200 of `[A-Za-z0-9_:.-]`, as a module path is. It is written into

@@ -143,6 +143,22 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
         .cache
         .as_ref()
         .map(|path| quote_spanned!(path.span()=> .with_cache(#path)));
+    let r = &plan.resilience;
+    let mut options = TokenStream::new();
+    if let Some(ms) = r.fail_safe_ms {
+        options.extend(quote!(.with_fail_safe(#ms)));
+    }
+    if let Some(ms) = r.soft_timeout_ms {
+        options.extend(quote!(.with_soft_timeout(#ms)));
+    }
+    if let Some(permille) = r.refresh_ahead_permille {
+        options.extend(quote!(.with_refresh_ahead(#permille)));
+    }
+    match r.lock_ms {
+        Some(Some(ms)) => options.extend(quote!(.with_distributed_lock(#ms))),
+        Some(None) => options.extend(quote!(.without_distributed_lock())),
+        None => {}
+    }
     quote! {
         static __CACHE_SITE: ::cache_runtime::__private::Site = ::cache_runtime::__private::Site::new(
             #namespace,
@@ -150,7 +166,7 @@ fn site(plan: &Plan, name: &Ident) -> TokenStream {
             #version,
             #fingerprint,
             #ttl,
-        )#cache;
+        )#cache #options;
     }
 }
 
@@ -237,18 +253,32 @@ fn value_span(plan: &Plan) -> Span {
 fn entry_point(plan: &Plan) -> TokenStream {
     let output = &plan.output;
     let span = value_span(plan);
+    // A body that may finish in the background (soft timeout, refresh ahead) goes through
+    // the `_detached` entries, which require it to be `Send + 'static`.
+    let detached = plan.resilience.detached();
+    let name = |base: &str| {
+        let name = if detached {
+            format!("{base}_detached")
+        } else {
+            base.to_owned()
+        };
+        Ident::new(&name, span)
+    };
     match &plan.shape {
         Shape::Result { ok, err } => {
             let err = err
                 .as_ref()
                 .map_or_else(|| quote!(_), ToTokens::to_token_stream);
-            quote_spanned!(span=> ::cache_runtime::__private::cached_result::<#ok, #err, _>)
+            let f = name("cached_result");
+            quote_spanned!(span=> ::cache_runtime::__private::#f::<#ok, #err, _>)
         }
         Shape::Option { some } => {
-            quote_spanned!(span=> ::cache_runtime::__private::cached_option::<#some, _>)
+            let f = name("cached_option");
+            quote_spanned!(span=> ::cache_runtime::__private::#f::<#some, _>)
         }
         Shape::Value => {
-            quote_spanned!(span=> ::cache_runtime::__private::cached_value::<#output, _>)
+            let f = name("cached_value");
+            quote_spanned!(span=> ::cache_runtime::__private::#f::<#output, _>)
         }
     }
 }

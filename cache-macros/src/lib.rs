@@ -45,6 +45,13 @@ mod validate;
 /// | `cache_none = true` | for `Option<T>` returns, also cache `None` | `false` |
 /// | `companions = true/false` | generate the invalidation companions (below) | `true` without `self`, `false` for methods |
 /// | `cache = crate::caches::analytics` | the cache this function uses: the path of a function `fn() -> &'static cache_runtime::Cache` (checked at compile time) | the global cache (`cache_runtime::global()`) |
+/// | `fail_safe = "2h"` / `false` | when the body fails (an `Err`, a `None` not cached, a panic), return the last good value if it expired less than this long ago (counted in `stale_served`); entries are kept `ttl` + this window | `CACHE_FAIL_SAFE` (off) |
+/// | `soft_timeout = "300ms"` | with a stale value at hand, answer a body slower than this with it; the body finishes in the background and stores its result. Needs `fail_safe`, and parameters that own their data | off |
+/// | `refresh_ahead = 0.8` | a hit after this share of the TTL (strictly between 0 and 1) returns at once and starts one background refresh of the key. Needs parameters that own their data | off |
+/// | `distributed_lock = true` / `"30s"` / `false` | on a miss, one process across all that share the Redis runs the body (a lock with an owner token and this lease); the others wait for its value, then run their own body rather than fail | `CACHE_DISTRIBUTED_LOCK` (off), lease `CACHE_LOCK_LEASE` (10 s) |
+///
+/// These four apply to `#[cache_user_specific]` too; see the README's "When the source
+/// fails" for what each one costs.
 ///
 /// Unknown arguments (with a "did you mean" hint), duplicates, bad values and signature
 /// problems are all reported in one compilation, each on its token.

@@ -85,6 +85,26 @@ pub(crate) struct Plan {
     pub(crate) body: Body,
     /// `cache = path`.
     pub(crate) cache: Option<syn::Path>,
+    pub(crate) resilience: Resilience,
+}
+
+/// The resilience options, validated (milliseconds; see the runtime's `Site::with_*`).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Resilience {
+    /// `None`: the configuration's default; `Some(0)`: off.
+    pub(crate) fail_safe_ms: Option<u64>,
+    pub(crate) soft_timeout_ms: Option<u64>,
+    pub(crate) refresh_ahead_permille: Option<u16>,
+    /// `None`: the configuration's default; `Some(None)`: off; `Some(Some(0))`: the
+    /// configured lease.
+    pub(crate) lock_ms: Option<Option<u64>>,
+}
+
+impl Resilience {
+    /// The body may finish after the call returned (it must own its data).
+    pub(crate) fn detached(&self) -> bool {
+        self.soft_timeout_ms.is_some() || self.refresh_ahead_permille.is_some()
+    }
 }
 
 pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
@@ -235,6 +255,8 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
         }
     }
 
+    let resilience = resilience(args, func, cx);
+
     let (body, output, shape) = (body?, output?, shape?);
     let namespace = args
         .namespace
@@ -268,7 +290,74 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
         companions,
         body,
         cache: args.cache.clone(),
+        resilience,
     })
+}
+
+/// Checks the resilience options against each other and the signature.
+fn resilience(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Resilience {
+    let r = Resilience {
+        fail_safe_ms: args.fail_safe.as_ref().map(|f| f.value.unwrap_or(0)),
+        soft_timeout_ms: args.soft_timeout.as_ref().map(|t| t.value),
+        refresh_ahead_permille: args.refresh_ahead.as_ref().map(|f| f.value),
+        lock_ms: args.distributed_lock.as_ref().map(|l| l.value),
+    };
+    if let Some(soft) = &args.soft_timeout {
+        if !matches!(r.fail_safe_ms, Some(ms) if ms > 0) {
+            cx.error_at(
+                soft.span,
+                "`soft_timeout` answers a slow call with the last good value, which only `fail_safe` keeps: add e.g. `fail_safe = \"1h\"`",
+            );
+        }
+    }
+    // A body that outlives its call (the soft timeout returned, or a refresh ahead runs
+    // after the hit) cannot borrow from the caller.
+    let option = match (&args.soft_timeout, &args.refresh_ahead) {
+        (Some(_), _) => Some("soft_timeout"),
+        (None, Some(_)) => Some("refresh_ahead"),
+        (None, None) => None,
+    };
+    if let Some(option) = option {
+        for input in &func.sig.inputs {
+            match input {
+                FnArg::Receiver(receiver) if receiver.reference.is_some() => cx.error_spanned(
+                    receiver,
+                    format!("`{option}` runs the body in the background after the call returns, so it cannot borrow `self`: take `self: Arc<Self>` (or a clone), or remove `{option}`"),
+                ),
+                FnArg::Typed(typed) if !matches!(&*typed.pat, Pat::Wild(_)) && borrows(&typed.ty.to_token_stream()) => cx.error_spanned(
+                    &typed.ty,
+                    format!("`{option}` runs the body in the background after the call returns, so parameters must own their data: take e.g. `String` instead of `&str`, `Arc<Pool>` instead of `&Pool`"),
+                ),
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// Whether a type's tokens hold a reference or a lifetime other than `'static`
+/// (`&'static str` owns nothing but outlives any call, so it is fine).
+fn borrows(tokens: &TokenStream) -> bool {
+    let tokens: Vec<TokenTree> = tokens.clone().into_iter().collect();
+    let is_static_lifetime = |at: usize| {
+        matches!(tokens.get(at), Some(TokenTree::Punct(p)) if p.as_char() == '\'')
+            && matches!(tokens.get(at + 1), Some(TokenTree::Ident(i)) if i == "static")
+    };
+    let mut at = 0;
+    while let Some(tt) = tokens.get(at) {
+        match tt {
+            TokenTree::Punct(p) if p.as_char() == '&' && !is_static_lifetime(at + 1) => {
+                return true
+            }
+            TokenTree::Punct(p) if p.as_char() == '\'' && !is_static_lifetime(at) => return true,
+            // `'static` after `&`, or on its own: skip the lifetime's name.
+            TokenTree::Punct(p) if p.as_char() == '\'' => at += 1,
+            TokenTree::Group(g) if borrows(&g.stream()) => return true,
+            _ => {}
+        }
+        at += 1;
+    }
+    false
 }
 
 fn unknown_param(name: &Ident, argument: &str, names: &[String], cx: &mut Ctxt) {

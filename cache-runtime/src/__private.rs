@@ -9,6 +9,7 @@ use std::future::Future;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::engine::call::{self, CallKey as EngineKey, OkOnly, Plain, SomeOnly};
+use crate::engine::resilience::{Attached, Detached};
 use crate::error::CacheError;
 use crate::key::{escape_segment, ArgsHasher};
 use crate::shape::Shape;
@@ -79,7 +80,7 @@ where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = T>,
 {
-    call::run::<Plain, _, _>(site, key.0, body).await
+    call::run::<Plain, _, _, Attached>(site, key.0, body).await
 }
 
 /// `async fn -> Result<T, E>`: only `Ok` is cached; `E` needs no trait.
@@ -88,7 +89,7 @@ where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = Result<T, E>>,
 {
-    call::run::<OkOnly, _, _>(site, key.0, body).await
+    call::run::<OkOnly, _, _, Attached>(site, key.0, body).await
 }
 
 /// `async fn -> Option<T>`: only `Some` is cached (use `cached_value` to cache `None`).
@@ -97,7 +98,44 @@ where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = Option<T>>,
 {
-    call::run::<SomeOnly, _, _>(site, key.0, body).await
+    call::run::<SomeOnly, _, _, Attached>(site, key.0, body).await
+}
+
+/// [`cached_value`] for sites whose body may finish in the background (`soft_timeout`,
+/// `refresh_ahead`): it must own its data.
+pub async fn cached_value_detached<T, Fut>(site: &'static Site, key: CallKey, body: Fut) -> T
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    call::run::<Plain, _, _, Detached>(site, key.0, body).await
+}
+
+/// [`cached_result`] for sites whose body may finish in the background.
+pub async fn cached_result_detached<T, E, Fut>(
+    site: &'static Site,
+    key: CallKey,
+    body: Fut,
+) -> Result<T, E>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    call::run::<OkOnly, _, _, Detached>(site, key.0, body).await
+}
+
+/// [`cached_option`] for sites whose body may finish in the background.
+pub async fn cached_option_detached<T, Fut>(
+    site: &'static Site,
+    key: CallKey,
+    body: Fut,
+) -> Option<T>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+{
+    call::run::<SomeOnly, _, _, Detached>(site, key.0, body).await
 }
 
 /// Hooks for the project's own reliability tests (feature `testing`). Not API.

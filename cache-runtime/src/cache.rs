@@ -21,7 +21,7 @@ pub(crate) struct Inner {
     pub(crate) config: CacheConfig,
     pub(crate) counters: CounterSet,
     /// Misses of decorated calls: one body run per key.
-    pub(crate) flights: Flights,
+    pub(crate) flights: Arc<Flights>,
     /// Concurrent reads of one key share one round trip.
     pub(crate) reads: Flights,
     pub(crate) l1: Option<Arc<L1>>,
@@ -92,7 +92,7 @@ impl Cache {
                 },
                 config,
                 counters: CounterSet::default(),
-                flights: Flights::default(),
+                flights: Arc::default(),
                 reads: Flights::default(),
                 l1,
                 serial: {

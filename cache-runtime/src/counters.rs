@@ -15,6 +15,9 @@ pub(crate) struct Counters {
     pub(crate) errors: AtomicU64,
     pub(crate) l1_hits: AtomicU64,
     pub(crate) shape_mismatches: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) lock_waits: AtomicU64,
 }
 
 impl Counters {
@@ -39,6 +42,19 @@ impl Counters {
     pub(crate) fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
+    /// A call answered with a logically expired value (fail-safe, soft timeout).
+    pub(crate) fn stale_served(&self) {
+        self.stale_served.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A background refresh started (refresh ahead, or a body finishing after a soft
+    /// timeout).
+    pub(crate) fn refresh(&self) {
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A miss that waited for another process's body (distributed single flight).
+    pub(crate) fn lock_wait(&self) {
+        self.lock_waits.fetch_add(1, Ordering::Relaxed);
+    }
 
     fn snapshot(&self) -> NamespaceCounters {
         let hits = self.hits.load(Ordering::Relaxed);
@@ -51,6 +67,9 @@ impl Counters {
             errors: self.errors.load(Ordering::Relaxed),
             l1_hits: self.l1_hits.load(Ordering::Relaxed),
             shape_mismatches: self.shape_mismatches.load(Ordering::Relaxed),
+            stale_served: self.stale_served.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
+            lock_waits: self.lock_waits.load(Ordering::Relaxed),
             hit_ratio: (reads > 0).then(|| hits as f64 / reads as f64),
         }
     }
@@ -73,6 +92,15 @@ pub struct NamespaceCounters {
     /// Misses because the value was written for another shape of its type, by another
     /// build (included in `misses`).
     pub shape_mismatches: u64,
+    /// Calls answered with a value past its TTL because the body failed or was slow
+    /// (`fail_safe`, `soft_timeout`); such calls also count as a miss.
+    pub stale_served: u64,
+    /// Bodies run in the background to renew an entry (`refresh_ahead`, or a body that
+    /// finished after a soft timeout returned the stale value).
+    pub refreshes: u64,
+    /// Misses that waited for another process running the same body
+    /// (`distributed_lock`).
+    pub lock_waits: u64,
     /// `hits / (hits + misses)`, `None` before the first read.
     pub hit_ratio: Option<f64>,
 }

@@ -89,11 +89,29 @@ pub(crate) enum Role<'a> {
 }
 
 pub(crate) struct Leader<'a> {
-    flights: &'a Flights,
+    flights: FlightsRef<'a>,
     hash: u64,
     /// 0: not registered (a hash collision with another key in flight).
     id: u64,
     shared: Arc<Shared>,
+    /// Cleared when the flight moved to another `Leader` (see [`Leader::into_owned`]).
+    armed: bool,
+}
+
+/// The flights a leader belongs to: borrowed for a call, owned by a background task.
+enum FlightsRef<'a> {
+    Borrowed(&'a Flights),
+    Owned(Arc<Flights>),
+}
+
+impl std::ops::Deref for FlightsRef<'_> {
+    type Target = Flights;
+    fn deref(&self) -> &Flights {
+        match self {
+            Self::Borrowed(f) => f,
+            Self::Owned(f) => f,
+        }
+    }
 }
 
 impl Flights {
@@ -134,10 +152,11 @@ impl Flights {
             }
         };
         Role::Leader(Leader {
-            flights: self,
+            flights: FlightsRef::Borrowed(self),
             hash,
             id,
             shared,
+            armed: true,
         })
     }
 
@@ -162,6 +181,19 @@ impl Flights {
 }
 
 impl Leader<'_> {
+    /// The same flight, held by `owner` (the flights it belongs to), so that a background
+    /// task can finish it after the call that started it returned.
+    pub(crate) fn into_owned(mut self, owner: Arc<Flights>) -> Leader<'static> {
+        self.armed = false;
+        Leader {
+            flights: FlightsRef::Owned(owner),
+            hash: self.hash,
+            id: self.id,
+            shared: Arc::clone(&self.shared),
+            armed: true,
+        }
+    }
+
     /// Whether this flight still owns its key: an invalidation (or clear) in the meantime
     /// ended it, and then its result must not be stored (it may predate the invalidation).
     pub(crate) fn is_current(&self) -> bool {
@@ -185,6 +217,9 @@ impl Leader<'_> {
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         {
             let mut map = self.flights.lock(self.hash);
             // A write may have replaced our slot with a newer flight: leave that one.

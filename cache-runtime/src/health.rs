@@ -36,10 +36,16 @@ pub struct HealthReport {
     pub error: Option<String>,
     /// Whether calls currently bypass Redis after repeated failures (circuit breaker).
     pub circuit_open: bool,
-    /// How the L1 hears about writes made elsewhere (`pubsub`), `null` without an L1.
+    /// How the L1 hears about writes made elsewhere, `null` without an L1: the same as
+    /// [`l1_mode`](Self::l1_mode) (kept for existing readers).
     pub l1_invalidation: Option<&'static str>,
     /// Whether the L1 is serving (its invalidation stream is up), `null` without an L1.
     pub l1_active: Option<bool>,
+    /// How the L1 is kept coherent right now, `null` without an L1: `tracking` (the server
+    /// reports every change of a key, whoever made it; see the README's "L1 modes") or
+    /// `pubsub` (the fallback where the server refuses tracking: only this library's
+    /// writers announce their changes).
+    pub l1_mode: Option<&'static str>,
     /// Server, clients and pool.
     pub info: HealthInfo,
     /// UTC, ISO 8601.
@@ -268,6 +274,7 @@ impl Cache {
             circuit_open: backend.circuit_open(),
             l1_invalidation: backend.invalidation_mode().filter(|_| l1),
             l1_active: l1.then(|| self.l1_active()),
+            l1_mode: backend.invalidation_mode().filter(|_| l1),
             info,
             timestamp: timestamp(),
         }

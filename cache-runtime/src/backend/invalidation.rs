@@ -1,10 +1,16 @@
 //! The invalidation seam: how a process hears that keys changed elsewhere, so its L1 can
 //! drop them.
 //!
-//! A backend that can tell (today: Redis, by a pub/sub channel that every process's writes
-//! announce on, see `redis/pubsub.rs`) feeds a [`Sink`]; the L1 is the sink. Other
-//! mechanisms (RESP3 client tracking, per-node channels on a cluster) are further
-//! implementations behind the same sink: the L1 never knows which one it listens to.
+//! A backend that can tell feeds a [`Sink`]; the L1 is the sink, and never knows which
+//! mechanism it listens to. Redis has two (`redis/tracking.rs` picks one per server):
+//!
+//! - server-assisted client tracking (RESP3 `CLIENT TRACKING ON BCAST`, `redis/tracking.rs`):
+//!   the server itself reports every change of a key under the prefix, whoever made it
+//!   (this library, `redis-cli`, another service, expiry, eviction, `FLUSHDB`);
+//! - a pub/sub channel that every writer of this library announces its writes on
+//!   (`redis/pubsub.rs`): the fallback where the server refuses tracking.
+
+use std::sync::Weak;
 
 /// What became stale.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,4 +35,38 @@ pub(crate) trait Sink: Send + Sync {
     /// The listener ended (its runtime is gone, or it could not start): a later call may
     /// start another.
     fn ended(&self);
+}
+
+/// Tells the sink the stream is down and the listener gone, however the listener ends:
+/// error, the sink dropped, or its runtime dropped mid-await.
+pub(crate) struct Ended(pub(crate) Weak<dyn Sink>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.upgrade() {
+            sink.down();
+            sink.ended();
+        }
+    }
+}
+
+/// Runs a listener for `sink` in the current Tokio runtime (the sink hears `down` and
+/// `ended` whenever it stops); with none, tells the sink it ended at once (a later call
+/// from inside a runtime starts it).
+pub(crate) fn spawn_listener<F>(sink: Weak<dyn Sink>, listener: impl FnOnce(Weak<dyn Sink>) -> F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        if let Some(sink) = sink.upgrade() {
+            sink.ended();
+        }
+        return;
+    };
+    let guard = Ended(sink.clone());
+    let run = listener(sink);
+    handle.spawn(async move {
+        let _ended = guard;
+        run.await;
+    });
 }

@@ -180,6 +180,26 @@ pub(crate) trait Store: Send + Sync {
     /// Whether requests are in flight, so that a read may share another's round trip.
     fn busy(&self) -> bool;
 
+    /// Whether other processes use this store too (so a distributed lock means something).
+    fn shared_by_processes(&self) -> bool {
+        false
+    }
+    /// Takes the lock `key` for at most `lease`, owned by `token`; `true` when taken.
+    /// A store no other process uses has nothing to coordinate: always taken.
+    async fn try_lock(
+        &self,
+        _key: &str,
+        _token: &str,
+        _lease: Duration,
+    ) -> Result<bool, CacheError> {
+        Ok(true)
+    }
+    /// Releases the lock `key` if `token` still owns it (a lock whose lease ran out may
+    /// belong to another process by now).
+    async fn unlock(&self, _key: &str, _token: &str) -> Result<(), CacheError> {
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<(), CacheError>;
     async fn ping(&self) -> Result<Duration, CacheError>;
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
@@ -296,6 +316,15 @@ impl Store for Backend {
     }
     fn busy(&self) -> bool {
         dispatch!(self, s => s.busy())
+    }
+    fn shared_by_processes(&self) -> bool {
+        dispatch!(self, s => s.shared_by_processes())
+    }
+    async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, CacheError> {
+        dispatch_async!(self, s => s.try_lock(key, token, lease))
+    }
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), CacheError> {
+        dispatch_async!(self, s => s.unlock(key, token))
     }
     async fn connect(&self) -> Result<(), CacheError> {
         dispatch_async!(self, s => s.connect())

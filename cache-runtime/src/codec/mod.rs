@@ -32,6 +32,14 @@ pub const FORMAT_V2: u8 = 0xC2;
 /// Bytes before the payload of an envelope.
 const HEADER: usize = 10;
 
+/// First byte of an envelope that also records when the value stops being fresh: entries
+/// of functions with `fail_safe` or `refresh_ahead`, kept in the store past their TTL.
+/// `[FORMAT_TIMED, codec id, shape tag (8 bytes), fresh until (u64 LE, Unix ms), payload]`.
+pub const FORMAT_TIMED: u8 = 0xC3;
+
+/// Bytes before the payload of a timed envelope.
+const TIMED_HEADER: usize = 18;
+
 /// A value manual and service operations can store: serialisable, with the owned type it
 /// is read back as (whose shape is recorded with it). Every `Serialize + DeserializeOwned`
 /// type is one, and so are `str` and `[T]` (stored as `String` and `Vec<T>` are).
@@ -148,12 +156,7 @@ impl CodecKind {
                     out.push(FORMAT_V2);
                     out.push(self.id());
                     out.extend_from_slice(&shape.tag());
-                    let result = if self == Self::Bincode {
-                        bincode::serialize_into(&mut out, value).map_err(|e| e.to_string())
-                    } else {
-                        serde_json::to_writer(&mut out, value).map_err(|e| e.to_string())
-                    };
-                    result.map_err(encode_err)?;
+                    self.write_payload(&mut out, value).map_err(encode_err)?;
                     out
                 }
             }
@@ -167,7 +170,105 @@ impl CodecKind {
         Ok(out)
     }
 
-    /// Decodes what [`encode_shaped`](Self::encode_shaped) wrote for a type of `shape`.
+    fn write_payload<T: Serialize + ?Sized>(
+        self,
+        out: &mut Vec<u8>,
+        value: &T,
+    ) -> Result<(), String> {
+        if self == Self::Bincode {
+            bincode::serialize_into(out, value).map_err(|e| e.to_string())
+        } else {
+            serde_json::to_writer(out, value).map_err(|e| e.to_string())
+        }
+    }
+
+    /// Encodes `value` in a timed envelope: fresh until `fresh_until_ms` (Unix ms), then
+    /// stale (served only by fail-safe). Always an envelope, integers included; `json-plain`
+    /// has none, so callers do not ask for it there.
+    pub(crate) fn encode_timed<T: Serialize + ?Sized>(
+        self,
+        value: &T,
+        shape: &Shape,
+        fresh_until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, CacheError> {
+        if self == Self::JsonPlain {
+            return self.encode_shaped(value, shape, limit);
+        }
+        let mut out = Vec::with_capacity(64);
+        out.push(FORMAT_TIMED);
+        out.push(self.id());
+        out.extend_from_slice(&shape.tag());
+        out.extend_from_slice(&fresh_until_ms.to_le_bytes());
+        self.write_payload(&mut out, value)
+            .map_err(|detail| CacheError::Encode {
+                codec: self.name(),
+                detail,
+            })?;
+        if out.len() > limit {
+            return Err(CacheError::TooLarge {
+                size: out.len(),
+                limit,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes any value of this library for a type of `shape`, with the time it stops
+    /// being fresh when it was written in a timed envelope (`None`: fresh while stored).
+    pub(crate) fn decode_timed<T: Serialize + DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        shape: &Shape,
+    ) -> Result<(T, Option<u64>), CacheError> {
+        match bytes {
+            [FORMAT_TIMED, codec, rest @ ..]
+                if bytes.len() >= TIMED_HEADER && *codec == self.id() =>
+            {
+                if rest[..8] != shape.tag() {
+                    return Err(CacheError::ShapeMismatch);
+                }
+                let mut when = [0u8; 8];
+                when.copy_from_slice(&rest[8..16]);
+                let value = self.decode_payload(&bytes[TIMED_HEADER..])?;
+                Ok((value, Some(u64::from_le_bytes(when))))
+            }
+            [FORMAT_TIMED, codec, ..] if bytes.len() >= TIMED_HEADER => Err(CacheError::Decode {
+                codec: self.name(),
+                detail: format!(
+                    "envelope codec {codec} is not {} ({})",
+                    self.id(),
+                    self.name()
+                ),
+            }),
+            _ => self.decode_shaped(bytes, shape).map(|v| (v, None)),
+        }
+    }
+
+    fn decode_payload<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T, CacheError> {
+        let decode_err = |detail: String| CacheError::Decode {
+            codec: self.name(),
+            detail,
+        };
+        if self == Self::Bincode {
+            // Same wire format as `bincode::serialize_into` (fixint, little endian), but
+            // trailing bytes are rejected (a prefix of another type is not a hit) and
+            // claimed lengths cannot exceed the payload (corrupt data cannot make us
+            // allocate gigabytes).
+            use bincode::Options as _;
+            bincode::DefaultOptions::new()
+                .with_fixint_encoding()
+                .reject_trailing_bytes()
+                .with_limit(payload.len() as u64)
+                .deserialize(payload)
+                .map_err(|e| decode_err(e.to_string()))
+        } else {
+            serde_json::from_slice(payload).map_err(|e| decode_err(e.to_string()))
+        }
+    }
+
+    /// Decodes what [`encode_shaped`](Self::encode_shaped) wrote for a type of `shape`
+    /// (a timed envelope is read by [`decode_timed`](Self::decode_timed)).
     pub(crate) fn decode_shaped<T: Serialize + DeserializeOwned>(
         self,
         bytes: &[u8],
@@ -196,22 +297,7 @@ impl CodecKind {
                 if tag[..8] != shape.tag() {
                     return Err(CacheError::ShapeMismatch);
                 }
-                let payload = &bytes[HEADER..];
-                if self == Self::Bincode {
-                    // Same wire format as `bincode::serialize_into` (fixint, little endian),
-                    // but trailing bytes are rejected (a prefix of another type is not a
-                    // hit) and claimed lengths cannot exceed the payload (corrupt data
-                    // cannot make us allocate gigabytes).
-                    use bincode::Options as _;
-                    bincode::DefaultOptions::new()
-                        .with_fixint_encoding()
-                        .reject_trailing_bytes()
-                        .with_limit(payload.len() as u64)
-                        .deserialize(payload)
-                        .map_err(|e| decode_err(e.to_string()))
-                } else {
-                    serde_json::from_slice(payload).map_err(|e| decode_err(e.to_string()))
-                }
+                self.decode_payload(&bytes[HEADER..])
             }
             [FORMAT_V2, codec, ..] if bytes.len() >= HEADER => Err(decode_err(format!(
                 "envelope codec {codec} is not {} ({})",
@@ -247,6 +333,8 @@ pub enum StoredForm {
         shape_tag: String,
         /// Bytes after the header.
         payload_bytes: usize,
+        /// When a timed envelope (`fail_safe`, `refresh_ahead`) stops being fresh, Unix ms.
+        fresh_until_ms: Option<u64>,
     },
     /// A decimal integer (a counter, or an integer value).
     Integer(i128),
@@ -266,6 +354,20 @@ pub fn stored_form(bytes: &[u8]) -> StoredForm {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             payload_bytes: bytes.len() - HEADER,
+            fresh_until_ms: None,
+        },
+        [FORMAT_TIMED, codec, ..] if bytes.len() >= TIMED_HEADER => StoredForm::Envelope {
+            codec: CodecKind::from_id(*codec),
+            shape_tag: bytes[2..HEADER]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            payload_bytes: bytes.len() - TIMED_HEADER,
+            fresh_until_ms: {
+                let mut when = [0u8; 8];
+                when.copy_from_slice(&bytes[HEADER..TIMED_HEADER]);
+                Some(u64::from_le_bytes(when))
+            },
         },
         _ => match integer::parse(bytes) {
             Some(n) => StoredForm::Integer(n),

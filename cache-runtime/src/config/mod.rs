@@ -45,6 +45,8 @@ pub const DEFAULT_L1_MAX_ENTRIES: u64 = 10_000;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default longest time an L1 entry is served (`CACHE_L1_MAX_TTL`).
 pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(60);
+/// Default of `CACHE_LOCK_LEASE`.
+pub const DEFAULT_LOCK_LEASE: Duration = Duration::from_secs(10);
 
 /// A password: never printed by `Debug`, and it has no `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -308,6 +310,30 @@ pub struct CacheConfig {
     pub max_value_bytes: NonZeroUsize,
     /// The in-process L1 in front of Redis, when enabled (ignored by the embedded store).
     pub l1: Option<L1Config>,
+    /// Defaults of decorated functions' resilience options.
+    pub resilience: ResilienceConfig,
+}
+
+/// Defaults of decorated functions' resilience options (each attribute may override them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ResilienceConfig {
+    /// How long past its TTL an entry is kept and served when the body fails; zero: off.
+    pub fail_safe: Duration,
+    /// A cold key's body runs once across processes sharing the Redis.
+    pub distributed_lock: bool,
+    /// Longest a distributed lock is held, and so the longest others wait for its value.
+    pub lock_lease: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            fail_safe: Duration::ZERO,
+            distributed_lock: false,
+            lock_lease: DEFAULT_LOCK_LEASE,
+        }
+    }
 }
 
 impl Default for CacheConfig {
@@ -321,6 +347,7 @@ impl Default for CacheConfig {
             max_value_bytes: NonZeroUsize::new(DEFAULT_MAX_VALUE_BYTES)
                 .unwrap_or(NonZeroUsize::MIN),
             l1: None,
+            resilience: ResilienceConfig::default(),
         }
     }
 }

@@ -75,6 +75,26 @@ pub(super) fn seconds(var: &'static str, value: &str) -> Parsed<Duration> {
     }
 }
 
+/// A number of seconds (`30`, `0.5`) or a duration (`2h`, `1m30s`, `300ms`); zero allowed.
+pub(super) fn duration(var: &'static str, value: &str) -> Parsed<Duration> {
+    let value = value.trim();
+    if let Ok(s) = value.parse::<f64>() {
+        if s.is_finite() && (0.0..=31_536_000.0).contains(&s) {
+            return Ok(Duration::from_secs_f64(s));
+        }
+    }
+    cache_grammar::parse_duration(value)
+        .ok()
+        .filter(|d| d.as_secs() <= 31_536_000)
+        .ok_or_else(|| {
+            invalid(
+                var,
+                value,
+                "use seconds (e.g. 30) or a duration (e.g. \"2h\", \"1m30s\", \"300ms\"), at most a year",
+            )
+        })
+}
+
 /// Whole seconds in `MIN..=MAX`.
 pub(super) fn whole_seconds<const MIN: u64, const MAX: u64>(
     var: &'static str,

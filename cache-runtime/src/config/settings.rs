@@ -188,6 +188,12 @@ settings! {
     l1_max_bytes: u64 = "CACHE_L1_MAX_BYTES", value, parse::count::<1, { u64::MAX }>, shown, Value("67108864");
     /// Longest an L1 entry is served, in seconds (never longer than its Redis TTL).
     l1_max_ttl: Duration = "CACHE_L1_MAX_TTL", value, parse::seconds, shown, Value("60");
+    /// Default fail-safe window of decorated functions: how long past its TTL an entry is kept and served when the body fails (`0s`: off; the attribute's `fail_safe` overrides). Seconds or a duration (`2h`).
+    fail_safe: Duration = "CACHE_FAIL_SAFE", value, parse::duration, shown, Value("0s");
+    /// Decorated calls take a short lock in Redis on a miss, so a cold key's body runs once across processes (the attribute's `distributed_lock` overrides).
+    distributed_lock: bool = "CACHE_DISTRIBUTED_LOCK", value, parse::boolean, shown, Value("false");
+    /// Longest a distributed lock is held (its owner may die), and so the longest other processes wait for its value. Seconds or a duration.
+    lock_lease: Duration = "CACHE_LOCK_LEASE", value, parse::duration, shown, Value("10s");
 }
 
 impl CacheConfigBuilder {

@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::url::parse_url;
 use super::{
     BackendConfig, CacheConfig, CacheConfigBuilder, ClusterMode, L1Config, MemoryConfig,
-    RedisConfig, TlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES,
-    DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES,
-    DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
+    RedisConfig, ResilienceConfig, TlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
+    DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL, DEFAULT_LOCK_LEASE,
+    DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES, DEFAULT_MEMORY_MAX_ENTRIES,
+    DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
 };
 use crate::error::{invalid, ConfigError};
 
@@ -132,6 +133,16 @@ impl CacheConfigBuilder {
                 Duration::from_millis(1),
             ),
         });
+        let resilience = ResilienceConfig {
+            fail_safe: self.fail_safe.unwrap_or(Duration::ZERO),
+            distributed_lock: self.distributed_lock.unwrap_or(false),
+            lock_lease: errors.positive(
+                "CACHE_LOCK_LEASE",
+                self.lock_lease,
+                DEFAULT_LOCK_LEASE,
+                Duration::from_millis(10),
+            ),
+        };
         let config = CacheConfig {
             backend,
             key_prefix,
@@ -139,6 +150,7 @@ impl CacheConfigBuilder {
             codec: self.codec.unwrap_or_default(),
             max_value_bytes,
             l1,
+            resilience,
         };
         match ConfigError::collect(errors.0) {
             Some(e) => Err(e),

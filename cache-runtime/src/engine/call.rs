@@ -8,11 +8,15 @@
 //! body ran (the result may predate it).
 
 use std::future::Future;
+use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::site::Site;
-use crate::backend::Write;
+use super::read::Entry;
+use super::resilience::{self, Detach, Finish, Locked};
+use super::site::{BoundRef, Selected, Site};
+use crate::backend::Store as _;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
 use crate::key::{join_call, ArgsHash};
@@ -71,11 +75,13 @@ pub(crate) struct CallKey {
     pub(crate) shape: Shape,
 }
 
-/// Runs one decorated call.
-pub(crate) async fn run<S, R, Fut>(site: &'static Site, key: CallKey, body: Fut) -> R
+/// Runs one decorated call. `D` says whether the body may finish after the call returned
+/// ([`Detached`](super::resilience::Detached): soft timeouts and refresh ahead need it).
+pub(crate) async fn run<S, R, Fut, D>(site: &'static Site, key: CallKey, body: Fut) -> R
 where
     S: Returns<R>,
     Fut: Future<Output = R>,
+    D: Detach<R, Fut>,
 {
     let Some(cache) = site.cache() else {
         return body.await;
@@ -92,13 +98,23 @@ where
         &bound.tail,
         hash,
     );
+    let r = bound.resilience;
     let mut store = true;
+    let mut stale = None;
     match cache
-        .read_value::<S::Stored>(&bound.counters, &full, &key.shape)
+        .read_entry::<S::Stored>(&bound.counters, &full, &key.shape, !r.fail_safe.is_zero())
         .await
     {
-        Ok(Some(v)) => return S::rebuild(v),
-        Ok(None) => {}
+        Ok(Entry::Fresh { value, fresh_until }) => {
+            if let (Some(fraction), Some(until)) = (r.refresh_ahead, fresh_until) {
+                if resilience::refresh_due(until, bound.ttl, fraction) {
+                    refresh_ahead::<S, R, Fut, D>(&cache, bound, full, key, body);
+                }
+            }
+            return S::rebuild(value);
+        }
+        Ok(Entry::Stale(value)) => stale = Some(value),
+        Ok(Entry::Missing) => {}
         // The breaker already said so once; don't log every bypassed call.
         Err(CacheError::Unavailable) => {
             store = false;
@@ -112,55 +128,201 @@ where
     let leader = match cache.inner.flights.join(&full) {
         Role::Follower(rx) => {
             tracing::debug!(target: "cache_runtime::store", key = %full, "waiting for the call in flight");
-            if let FlightState::Done(bytes) = flight::wait(rx).await {
-                if let Ok(v) = cache.codec().decode_shaped::<S::Stored>(&bytes, &key.shape) {
+            let waited = match (r.soft_timeout, stale.is_some()) {
+                (Some(soft), true) => resilience::within(soft, flight::wait(rx)).await,
+                _ => Some(flight::wait(rx).await),
+            };
+            if let Some(FlightState::Done(bytes)) = &waited {
+                if let Ok((v, _)) = cache.codec().decode_timed::<S::Stored>(bytes, &key.shape) {
                     return S::rebuild(v);
                 }
             }
+            // The leader's body failed, or is still running at the soft timeout.
+            if let Some(v) = stale {
+                let why = if waited.is_none() {
+                    "soft timeout while another call runs the function"
+                } else {
+                    "the function failed in the call this one waited for"
+                };
+                return resilience::serve_stale::<S, R>(site, &full, &bound, v, why);
+            }
             return body.await;
         }
-        Role::Leader(leader) => leader,
+        Role::Leader(leader) => leader.into_owned(Arc::clone(&cache.inner.flights)),
     };
-    let result = body.await;
-    let Some(value) = S::cacheable(&result) else {
-        tracing::debug!(target: "cache_runtime::store", key = %full, "skip: result not cacheable");
-        leader.publish(FlightState::NotCached);
-        return result;
+    let mut finish = Finish {
+        cache: cache.clone(),
+        bound,
+        key: full,
+        user: key.user,
+        shape: key.shape,
+        leader,
+        lock: None,
+        store,
     };
-    let Ok(bytes) = cache.encode(&bound.counters, &full, value, &key.shape) else {
-        leader.publish(FlightState::NotCached);
-        return result;
-    };
-    // Published whether or not anyone waits yet: callers arriving during the store below
-    // join this flight and get the value instead of running the body again.
-    leader.publish(FlightState::Done(bytes.as_slice().into()));
-    if !store {
-        tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: the read just failed");
-        return result;
-    }
-    if !leader.is_current() {
-        tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: invalidated while the function ran");
-        return result;
-    }
-    let index = key
-        .user
-        .as_deref()
-        .map(|user| cache.keys().user_index_escaped(user));
-    let write = Write {
-        key: &full,
-        value: &bytes,
-        ttl: Some(bound.ttl),
-        index: index.as_deref(),
-    };
-    if let Err(e) = cache.write(&bound.counters, write).await {
-        if matches!(e, CacheError::Unavailable) {
-            tracing::debug!(target: "cache_runtime::store", key = %full, "skip store: cache bypassed");
-        } else {
-            tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache write failed; the result is returned uncached");
+
+    // One body run across processes.
+    if let Some(lease) = r
+        .lock_lease
+        .filter(|_| store && finish.cache.inner.backend.shared_by_processes())
+    {
+        // With a stale value to fall back on, wait no longer than the soft timeout.
+        let wait = match (r.soft_timeout, stale.is_some()) {
+            (Some(soft), true) => soft.min(lease),
+            _ => lease,
+        };
+        let counters = Arc::clone(&finish.bound.counters);
+        match resilience::lock_or_wait::<S::Stored>(
+            &cache,
+            &finish.key,
+            &finish.shape,
+            lease,
+            wait,
+            || counters.lock_wait(),
+        )
+        .await
+        {
+            Locked::Taken(lock, token) => finish.lock = Some((lock, token)),
+            Locked::Value(bytes, v) => {
+                finish.leader.publish(FlightState::Done(bytes));
+                return S::rebuild(v);
+            }
+            Locked::TimedOut if stale.is_some() => {
+                if let Some(v) = stale.take() {
+                    let out = resilience::serve_stale::<S, R>(
+                        site,
+                        &finish.key,
+                        &finish.bound,
+                        v,
+                        "soft timeout while another process runs the function",
+                    );
+                    finish.fail().await;
+                    return out;
+                }
+            }
+            Locked::TimedOut | Locked::Unavailable => {}
         }
     }
-    drop(leader);
-    result
+
+    // The body.
+    let Some(stale) = stale else {
+        let result = body.await;
+        return finish.complete::<S, R>(result).await;
+    };
+    let mut body = Box::pin(body);
+    if let Some(soft) = r.soft_timeout {
+        // The stale value at the soft timeout; the body goes on in the background.
+        match resilience::within(
+            soft,
+            std::panic::AssertUnwindSafe(body.as_mut()).catch_unwind(),
+        )
+        .await
+        {
+            Some(Ok(result)) => return settle::<S, R>(finish, result, stale, site).await,
+            Some(Err(panic)) => return panicked::<S, R>(finish, panic, stale, site).await,
+            None => {
+                let (key, bound) = (finish.key.clone(), finish.bound.clone());
+                match D::detach::<S>(body, finish, false) {
+                    None => {
+                        return resilience::serve_stale::<S, R>(
+                            site,
+                            &key,
+                            &bound,
+                            stale,
+                            "soft timeout: the function goes on in the background",
+                        );
+                    }
+                    Some((rest, f)) => {
+                        body = rest;
+                        finish = f;
+                    }
+                }
+            }
+        }
+    }
+    // Fail-safe: an error, a `None` or a panic serves the stale value.
+    match std::panic::AssertUnwindSafe(body).catch_unwind().await {
+        Ok(result) => settle::<S, R>(finish, result, stale, site).await,
+        Err(panic) => panicked::<S, R>(finish, panic, stale, site).await,
+    }
+}
+
+/// Starts one background refresh of `full` (refresh ahead), unless one is running (or the
+/// site's body cannot outlive the call).
+fn refresh_ahead<S, R, Fut, D>(
+    cache: &Selected,
+    bound: BoundRef<'static>,
+    full: String,
+    key: CallKey,
+    body: Fut,
+) where
+    S: Returns<R>,
+    Fut: Future<Output = R>,
+    D: Detach<R, Fut>,
+{
+    // The flight makes it one refresh per key: later hits find it and go on.
+    let Role::Leader(leader) = cache.inner.flights.join(&full) else {
+        return;
+    };
+    tracing::debug!(target: "cache_runtime::store", key = %full, "refresh ahead");
+    let finish = Finish {
+        cache: cache.clone(),
+        bound,
+        key: full,
+        user: key.user,
+        shape: key.shape,
+        leader: leader.into_owned(Arc::clone(&cache.inner.flights)),
+        lock: None,
+        store: true,
+    };
+    // `Some`: it cannot run in the background here (no runtime): no refresh.
+    let _ = D::detach::<S>(Box::pin(body), finish, true);
+}
+
+/// A body's result with a stale value to fall back on: stored when cacheable, else the
+/// stale value.
+async fn settle<S: Returns<R>, R>(
+    finish: Finish,
+    result: R,
+    stale: S::Stored,
+    site: &'static Site,
+) -> R {
+    if S::cacheable(&result).is_some() {
+        return finish.complete::<S, R>(result).await;
+    }
+    let out = resilience::serve_stale::<S, R>(
+        site,
+        &finish.key,
+        &finish.bound,
+        stale,
+        "the function returned an error or None",
+    );
+    finish.fail().await;
+    out
+}
+
+/// A panicking body with a stale value to fall back on.
+async fn panicked<S: Returns<R>, R>(
+    finish: Finish,
+    panic: Box<dyn std::any::Any + Send>,
+    stale: S::Stored,
+    site: &'static Site,
+) -> R {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(target: "cache_runtime::store", key = %finish.key, panic = %message, "the function panicked; serving the last good value (fail-safe)");
+    let out = resilience::serve_stale::<S, R>(
+        site,
+        &finish.key,
+        &finish.bound,
+        stale,
+        "the function panicked",
+    );
+    finish.fail().await;
+    out
 }
 
 /// The full key of one call in the cache it would use.

@@ -6,6 +6,8 @@
 //!   after every write, delete and clear, so a read never sees what a write replaced);
 //! - `call.rs`: a decorated call (hit, or one body run per key and the store of its result,
 //!   with the rules for when not to store);
+//! - `resilience.rs`: fail-safe, soft timeouts, refresh ahead and the distributed lock
+//!   around a decorated call's body;
 //! - `site.rs`: what a decorated function knows at compile time, and the state derived from
 //!   it once.
 //!
@@ -14,5 +16,14 @@
 
 pub(crate) mod call;
 pub(crate) mod read;
+pub(crate) mod resilience;
 pub(crate) mod site;
 pub(crate) mod write;
+
+/// Now, in milliseconds since the Unix epoch (the clock of timed envelopes: entries are
+/// shared between processes, so a monotonic clock would not do).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::unix_ms;
 use crate::backend::{Bytes, KeyTtl, Store};
 use crate::cache::Cache;
 use crate::counters::Counters;
@@ -15,26 +16,62 @@ use crate::flight::{self, FlightState, Role};
 use crate::l1::L1;
 use crate::shape::Shape;
 
+/// What a read found, for a caller that knows about logical expiry (decorated calls).
+pub(crate) enum Entry<T> {
+    /// A value to return; `fresh_until` (Unix ms) when it was written in a timed envelope.
+    Fresh { value: T, fresh_until: Option<u64> },
+    /// A value past its logical expiry, kept for fail-safe (counted as a miss).
+    Stale(T),
+    /// Nothing usable (counted as a miss).
+    Missing,
+}
+
 impl Cache {
     /// Reads and decodes `key` as a `T` of `shape`, counting the outcome in `counters`.
+    /// A timed entry past its logical expiry is a miss.
     pub(crate) async fn read_value<T: Serialize + DeserializeOwned>(
         &self,
         counters: &Counters,
         key: &str,
         shape: &Shape,
     ) -> Result<Option<T>, CacheError> {
+        Ok(match self.read_entry(counters, key, shape, false).await? {
+            Entry::Fresh { value, .. } => Some(value),
+            Entry::Stale(_) | Entry::Missing => None,
+        })
+    }
+
+    /// Reads and decodes `key` as a `T` of `shape`, counting the outcome in `counters`;
+    /// `keep_stale`: a timed entry past its logical expiry is returned as [`Entry::Stale`]
+    /// (else it is [`Entry::Missing`]).
+    pub(crate) async fn read_entry<T: Serialize + DeserializeOwned>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        shape: &Shape,
+        keep_stale: bool,
+    ) -> Result<Entry<T>, CacheError> {
         // Timing only when someone listens: a clock read is a noticeable share of an L1 hit.
         let start = tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG)
             .then(Instant::now);
         let latency_us = || start.map(|s| s.elapsed().as_micros() as u64);
         if let Some(l1) = self.l1() {
             if let Some(bytes) = l1.get(key) {
-                if let Ok(v) = self.codec().decode_shaped::<T>(&bytes, shape) {
-                    counters.l1_hit();
-                    tracing::debug!(target: "cache_runtime::store", key, "hit (L1)");
+                if let Ok((value, fresh_until)) = self.codec().decode_timed::<T>(&bytes, shape) {
                     // An L1 hit never waits: a loop of them must still let other tasks run.
                     tokio::task::consume_budget().await;
-                    return Ok(Some(v));
+                    if fresh_until.is_some_and(|until| until <= unix_ms()) {
+                        // The L1 is coherent with the store: the store's copy is as stale.
+                        counters.miss();
+                        return Ok(if keep_stale {
+                            Entry::Stale(value)
+                        } else {
+                            Entry::Missing
+                        });
+                    }
+                    counters.l1_hit();
+                    tracing::debug!(target: "cache_runtime::store", key, "hit (L1)");
+                    return Ok(Entry::Fresh { value, fresh_until });
                 }
             }
         }
@@ -43,7 +80,7 @@ impl Cache {
             Err(CacheError::WrongType) => {
                 counters.miss();
                 tracing::warn!(target: "cache_runtime::store", key, "the key holds another Redis type; treated as a miss");
-                return Ok(None);
+                return Ok(Entry::Missing);
             }
             Err(e) => {
                 counters.error();
@@ -53,23 +90,32 @@ impl Cache {
         let Some(bytes) = bytes else {
             counters.miss();
             tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss");
-            return Ok(None);
+            return Ok(Entry::Missing);
         };
-        match self.codec().decode_shaped::<T>(&bytes, shape) {
-            Ok(v) => {
+        match self.codec().decode_timed::<T>(&bytes, shape) {
+            Ok((value, Some(until))) if until <= unix_ms() => {
+                counters.miss();
+                tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss (past its TTL, kept for fail-safe)");
+                Ok(if keep_stale {
+                    Entry::Stale(value)
+                } else {
+                    Entry::Missing
+                })
+            }
+            Ok((value, fresh_until)) => {
                 counters.hit();
                 tracing::debug!(target: "cache_runtime::store", key, bytes = bytes.len(), latency_us = latency_us(), "hit");
-                Ok(Some(v))
+                Ok(Entry::Fresh { value, fresh_until })
             }
             Err(CacheError::ShapeMismatch) => {
                 counters.shape_mismatch();
                 crate::shape::warn_mismatch_once::<T>(key);
-                Ok(None)
+                Ok(Entry::Missing)
             }
             Err(e) => {
                 counters.miss();
                 tracing::warn!(target: "cache_runtime::store", key, error = %e, "undecodable value; treated as a miss");
-                Ok(None)
+                Ok(Entry::Missing)
             }
         }
     }

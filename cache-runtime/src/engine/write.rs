@@ -90,12 +90,27 @@ impl Cache {
         value: &T,
         shape: &Shape,
     ) -> Result<Vec<u8>, CacheError> {
-        self.codec()
-            .encode_shaped(value, shape, self.inner.config.max_value_bytes.get())
-            .inspect_err(|e| {
-                counters.error();
-                tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
-            })
+        self.encode_entry(counters, key, value, shape, None)
+    }
+
+    /// [`encode`](Self::encode), in a timed envelope when `fresh_until_ms` is given.
+    pub(crate) fn encode_entry<T: Serialize + ?Sized>(
+        &self,
+        counters: &Counters,
+        key: &str,
+        value: &T,
+        shape: &Shape,
+        fresh_until_ms: Option<u64>,
+    ) -> Result<Vec<u8>, CacheError> {
+        let limit = self.inner.config.max_value_bytes.get();
+        match fresh_until_ms {
+            Some(until) => self.codec().encode_timed(value, shape, until, limit),
+            None => self.codec().encode_shaped(value, shape, limit),
+        }
+        .inspect_err(|e| {
+            counters.error();
+            tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
+        })
     }
 
     /// Writes encoded bytes inside the fence, counting the outcome.

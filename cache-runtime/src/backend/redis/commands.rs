@@ -1,8 +1,9 @@
 //! The operations of [`Store`] as Redis commands, each one request (a command or a
 //! pipeline) through the guard and the pool.
 //!
-//! Writes announce themselves on the invalidation channel (when an L1 is configured) in
-//! the same pipeline, so coherence costs no extra round trip.
+//! Writes announce themselves on the invalidation channel in the same pipeline (so
+//! coherence costs no extra round trip), with or without an L1 here: a peer's L1 may be on
+//! the pub/sub fallback (`pubsub.rs`), which hears only announcements.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use super::cluster::{Cluster, NodeLine};
 use super::pool::InFlight;
 use super::pubsub::hash_tag;
 use super::topology::Topology;
+use super::tracking::Tracking;
 use super::RedisBackend;
 use crate::backend::invalidation::Sink;
 use crate::backend::{
@@ -113,17 +115,15 @@ impl RedisBackend {
             .await
     }
 
-    /// Announces on the invalidation channel that `keys` changed, when an L1 is configured.
-    /// The channel depends on the topology, so it is known first (the first write may be the
-    /// first contact).
+    /// Announces on the invalidation channel that `keys` changed (every writer does: see
+    /// the module's notes). The channel depends on the topology, so it is known first (the
+    /// first write may be the first contact).
     async fn announce_keys<'a>(
         &self,
         pipe: &mut redis::Pipeline,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), CacheError> {
-        let Some(pubsub) = &self.pubsub else {
-            return Ok(());
-        };
+        let pubsub = &self.pubsub;
         let topology = match self.topology.get() {
             Some(t) => t,
             None => self.guard.run(self.topology()).await?,
@@ -205,16 +205,22 @@ impl RedisBackend {
 
     /// Tells the L1 listener where it may subscribe: the cluster's current nodes.
     fn listen_on(&self, cluster: &Cluster, nodes: &[NodeLine]) {
-        let Some(pubsub) = &self.pubsub else { return };
+        if self.tracking.is_none() {
+            // Nothing listens here.
+            return;
+        }
         let clients = nodes
             .iter()
             .filter(|n| !n.failing)
             .filter_map(|n| cluster.node_client(&n.addr).ok())
             .collect();
-        pubsub.set_nodes(clients);
+        self.pubsub.set_nodes(clients);
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, CacheError> {
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
         self.send(Request::Cmd(cmd)).await
     }
 
@@ -286,6 +292,18 @@ impl Store for RedisBackend {
             Topology::Cluster(cluster) => cluster.connection().await.map(|_| ()),
             Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
         }
+    }
+
+    fn shared_by_processes(&self) -> bool {
+        true
+    }
+
+    async fn try_lock(&self, key: &str, token: &str, lease: Duration) -> Result<bool, CacheError> {
+        self.take_lock(key, token, lease).await
+    }
+
+    async fn unlock(&self, key: &str, token: &str) -> Result<(), CacheError> {
+        self.release_lock(key, token).await
     }
 
     async fn ping(&self) -> Result<Duration, CacheError> {
@@ -430,15 +448,11 @@ impl Store for RedisBackend {
         }
         .await;
         // Announced even when the clear stopped half-way: what was deleted is gone.
-        if let Some(pubsub) = &self.pubsub {
-            let mut pipe = redis::pipe();
-            pubsub.announce_prefix(&mut pipe, prefix);
-            let announced = self.query_pipe::<()>(&pipe).await;
-            scanned?;
-            announced?;
-        } else {
-            scanned?;
-        }
+        let mut pipe = redis::pipe();
+        self.pubsub.announce_prefix(&mut pipe, prefix);
+        let announced = self.query_pipe::<()>(&pipe).await;
+        scanned?;
+        announced?;
         Ok(deleted)
     }
 
@@ -461,11 +475,10 @@ impl Store for RedisBackend {
             }
             let n: u64 = self.query(redis::cmd("UNLINK").arg(&doomed)).await?;
             deleted += n;
-            if let Some(pubsub) = &self.pubsub {
-                let mut pipe = redis::pipe();
-                pubsub.announce_keys(&mut pipe, doomed.iter().copied(), false);
-                self.query_pipe::<()>(&pipe).await?;
-            }
+            let mut pipe = redis::pipe();
+            self.pubsub
+                .announce_keys(&mut pipe, doomed.iter().copied(), false);
+            self.query_pipe::<()>(&pipe).await?;
         }
         Ok(deleted)
     }
@@ -578,12 +591,12 @@ impl Store for RedisBackend {
     }
 
     fn invalidation_mode(&self) -> Option<&'static str> {
-        self.pubsub.as_ref().map(|_| "pubsub")
+        self.tracking.as_ref().map(Tracking::mode)
     }
 
     fn listen(&self, sink: Weak<dyn Sink>) {
-        match &self.pubsub {
-            Some(pubsub) => pubsub.listen(sink),
+        match &self.tracking {
+            Some(tracking) => tracking.listen(sink, self.pubsub.listener()),
             None => {
                 if let Some(sink) = sink.upgrade() {
                     sink.ended();

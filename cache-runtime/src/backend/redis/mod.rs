@@ -7,7 +7,9 @@
 //! - `guard.rs`: the timer and circuit breaker every request runs under (`breaker.rs`);
 //! - `errors.rs`: driver errors classified into [`CacheError`]s that say what to do;
 //! - `commands.rs`: the operations of [`Store`](super::Store) as Redis commands;
-//! - `pubsub.rs`: invalidations for the L1 over a pub/sub channel;
+//! - `tracking.rs`: invalidations for the L1 by server-assisted client tracking (RESP3);
+//! - `pubsub.rs`: the announcements every write carries, and the L1's fallback listener;
+//! - `lock.rs`: the distributed single-flight lock (SET NX PX, released by its owner);
 //! - `faults.rs`: fault injection for soak tests (feature `testing`).
 
 mod breaker;
@@ -18,9 +20,11 @@ mod errors;
 #[cfg(feature = "testing")]
 pub(crate) mod faults;
 mod guard;
+mod lock;
 mod pool;
 mod pubsub;
 mod topology;
+mod tracking;
 
 use std::sync::{Arc, OnceLock};
 
@@ -29,6 +33,7 @@ use self::guard::Guard;
 use self::pool::Pool;
 use self::pubsub::PubSub;
 use self::topology::Topology;
+use self::tracking::Tracking;
 use crate::config::{ClusterMode, RedisConfig};
 use crate::error::CacheError;
 
@@ -45,8 +50,11 @@ pub(crate) struct RedisBackend {
     topology: OnceLock<Topology>,
     discovering: tokio::sync::Mutex<()>,
     guard: Guard,
-    /// Invalidation announcements and their listener, when an L1 is configured.
-    pubsub: Option<PubSub>,
+    /// Invalidation announcements, made by every writer (a peer's L1 may be on the
+    /// pub/sub fallback), and the fallback listener.
+    pubsub: PubSub,
+    /// The L1's listener (client tracking, else `pubsub`), when an L1 is configured.
+    tracking: Option<Tracking>,
 }
 
 impl RedisBackend {
@@ -67,16 +75,25 @@ impl RedisBackend {
         let client = client::build_client(config, &classifier)?;
         client::warn_insecure_tls(config);
         tracing::info!(target: "cache_runtime::connection", redis = %config, "using Redis");
-        // The listener subscribes to the server, or to any seed node of a cluster.
-        let pubsub = if with_l1 {
+        // The listener tracks (or subscribes to) the server, or starts from any seed node
+        // of a cluster.
+        let (pubsub, tracking) = if with_l1 {
             let mut nodes = vec![client.clone()];
             for seed in config.seeds().iter().skip(1) {
                 let node = config.for_node(seed);
                 nodes.push(client::build_client(&node, &classifier)?);
             }
-            Some(PubSub::new(key_prefix, nodes, config.connect_timeout))
+            let tracking = Tracking::new(key_prefix, &nodes, config, &classifier)?;
+            (
+                PubSub::new(key_prefix, nodes, config.connect_timeout),
+                Some(tracking),
+            )
         } else {
-            None
+            // Announces only.
+            (
+                PubSub::new(key_prefix, Vec::new(), config.connect_timeout),
+                None,
+            )
         };
         let topology = OnceLock::new();
         if config.cluster == ClusterMode::Enabled {
@@ -97,6 +114,7 @@ impl RedisBackend {
             classifier,
             config: config.clone(),
             pubsub,
+            tracking,
         })
     }
 }

@@ -1,17 +1,23 @@
-//! Invalidations over a pub/sub channel: the first implementation of the invalidation
-//! seam (`backend/invalidation.rs`).
+//! Invalidations over a pub/sub channel: the fallback of the invalidation seam
+//! (`backend/invalidation.rs`) where the server refuses client tracking (`tracking.rs`:
+//! RESP2 only, `HELLO 3` or `CLIENT TRACKING` denied by an ACL or a managed service).
 //!
-//! Every store, delete and clear of any process is announced on `{prefix}:__invalidate`,
-//! pipelined with the write itself (no extra round trip); each process subscribes (to the
-//! pattern `{prefix}:__invalidate*`) and feeds its L1. On a cluster the channel carries the
-//! key's hash tag (`{prefix}:__invalidate{<tag>}`), so the PUBLISH lands in the key's slot
-//! and rides in the same pipeline; a cluster delivers every PUBLISH to subscribers on every
-//! node, so the listener needs one node, and moves to another when its node goes away.
+//! Every store, delete and clear of any process of this library is announced on
+//! `{prefix}:__invalidate`, pipelined with the write itself (no extra round trip), whether
+//! or not the writer has an L1 (a peer may, and may be on this fallback); each process in
+//! this mode subscribes (to the pattern `{prefix}:__invalidate*`) and feeds its L1. Writes
+//! by other clients (`redis-cli`, another service) are not announced: on this fallback they
+//! reach an L1 only when its entry expires (`CACHE_L1_MAX_TTL`). On a cluster the channel
+//! carries the key's hash tag (`{prefix}:__invalidate{<tag>}`), so the PUBLISH lands in the
+//! key's slot and rides in the same pipeline; a cluster delivers every PUBLISH to
+//! subscribers on every node, so the listener needs one node, and moves to another when its
+//! node goes away.
 //! Messages: `k\0key[\0key…]` (keys) or `p\0prefix` (every key under a prefix).
 //! A heartbeat PING through the subscribed connection proves it alive, so a silent
 //! connection (NAT timeout, a stalled proxy, failover) is noticed within [`HEARTBEAT`] plus
 //! [`PONG_DEADLINE`]: the longest an L1 may serve a value another process changed while
 //! the channel silently stopped delivering. A closed connection is noticed at once.
+//! (`tracking.rs` uses the same heartbeat.)
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -107,21 +113,33 @@ impl PubSub {
         pipe.cmd("PUBLISH").arg(&self.channel).arg(message).ignore();
     }
 
-    /// Starts listening for `sink` in the current Tokio runtime; with none, tells the sink
-    /// it ended (a later call from inside a runtime starts it).
-    pub(crate) fn listen(&self, sink: Weak<dyn Sink>) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            if let Some(sink) = sink.upgrade() {
-                sink.ended();
-            }
-            return;
-        };
-        handle.spawn(listen(
-            sink,
-            Arc::clone(&self.nodes),
-            format!("{}*", self.channel),
-            self.connect_timeout,
-        ));
+    /// What a listener needs (for `tracking.rs`, which falls back to it).
+    pub(crate) fn listener(&self) -> Listener {
+        Listener {
+            nodes: Arc::clone(&self.nodes),
+            pattern: format!("{}*", self.channel),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// A listener of the channel, not yet started.
+pub(crate) struct Listener {
+    nodes: Arc<ArcSwap<Vec<redis::Client>>>,
+    pattern: String,
+    connect_timeout: Duration,
+}
+
+impl Listener {
+    /// The pattern subscribed to.
+    pub(crate) fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Subscribes and feeds `sink` until the sink is dropped (reconnecting meanwhile). The
+    /// caller tells the sink when it ends (see `invalidation::Ended`).
+    pub(crate) async fn run(self, sink: Weak<dyn Sink>) {
+        listen(sink, self.nodes, self.pattern, self.connect_timeout).await;
     }
 }
 
@@ -145,19 +163,6 @@ fn apply(sink: &dyn Sink, payload: &[u8]) {
     }
 }
 
-/// Tells the sink the stream is down and the listener gone, however the listener ends:
-/// error, the sink dropped, or its runtime dropped mid-await.
-struct Ended(Weak<dyn Sink>);
-
-impl Drop for Ended {
-    fn drop(&mut self) {
-        if let Some(sink) = self.0.upgrade() {
-            sink.down();
-            sink.ended();
-        }
-    }
-}
-
 async fn listen(
     sink: Weak<dyn Sink>,
     nodes: Arc<ArcSwap<Vec<redis::Client>>>,
@@ -165,7 +170,6 @@ async fn listen(
     connect_timeout: Duration,
 ) {
     use futures_util::StreamExt as _;
-    let _ended = Ended(sink.clone());
     let mut was_up = false;
     // Which node to try next: after a failure, the next one.
     let mut next = 0usize;

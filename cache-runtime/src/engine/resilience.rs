@@ -1,0 +1,355 @@
+//! What surrounds a decorated call's body beyond fail-open:
+//!
+//! - fail-safe: entries are kept past their TTL (timed envelopes record when they stop
+//!   being fresh); when the body fails (an uncacheable result, a panic) or is slow (soft
+//!   timeout), the last good value is returned instead;
+//! - refresh ahead: a hit late in the TTL starts one background refresh of that key;
+//! - the distributed lock: a miss takes a short lock in the store, so one process runs the
+//!   body and the others wait for its value (bounded by the lease) before running their own.
+//!
+//! Finishing a body (store, publish to followers, release the lock) is [`Finish`], so a
+//! body that outlives its caller (soft timeout, refresh ahead) finishes the same way in a
+//! background task. Only bodies that own their data can do that: [`Detached`] sites
+//! (checked at compile time), the others are [`Attached`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::call::Returns;
+use super::site::{BoundRef, Selected, Site};
+use super::unix_ms;
+use crate::backend::{Store, Write};
+use crate::cache::Cache;
+use crate::error::CacheError;
+use crate::flight::{FlightState, Leader};
+use crate::shape::Shape;
+
+/// Whether a call's body may finish after the call returned.
+pub(crate) trait Detach<R, Fut> {
+    /// Runs `fut` to its end in a background task and finishes it there; hands both back
+    /// when this site cannot (its body borrows from the caller, or no Tokio runtime).
+    /// `refresh`: a refresh ahead (takes the distributed lock first, when configured).
+    fn detach<S: Returns<R>>(
+        fut: Pin<Box<Fut>>,
+        finish: Finish,
+        refresh: bool,
+    ) -> Option<(Pin<Box<Fut>>, Finish)>;
+}
+
+/// A body that borrows from its caller: it always finishes inside the call.
+pub(crate) struct Attached;
+
+/// A body that owns its data (`Send + 'static`): it may finish in the background.
+pub(crate) struct Detached;
+
+impl<R, Fut> Detach<R, Fut> for Attached {
+    fn detach<S: Returns<R>>(
+        fut: Pin<Box<Fut>>,
+        finish: Finish,
+        _refresh: bool,
+    ) -> Option<(Pin<Box<Fut>>, Finish)> {
+        Some((fut, finish))
+    }
+}
+
+impl<R, Fut> Detach<R, Fut> for Detached
+where
+    R: Send + 'static,
+    Fut: Future<Output = R> + Send + 'static,
+{
+    fn detach<S: Returns<R>>(
+        fut: Pin<Box<Fut>>,
+        finish: Finish,
+        refresh: bool,
+    ) -> Option<(Pin<Box<Fut>>, Finish)> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Some((fut, finish));
+        };
+        finish.bound.counters.refresh();
+        runtime.spawn(async move {
+            let mut finish = finish;
+            if refresh && !finish.take_lock_for_refresh().await {
+                tracing::debug!(target: "cache_runtime::store", key = %finish.key, "refresh skipped: another process holds the lock");
+                return;
+            }
+            let result = fut.await;
+            let _ = finish.complete::<S, R>(result).await;
+        });
+        None
+    }
+}
+
+/// Sleeps `d`; `false` when there is no timer to sleep on (outside Tokio, or a runtime
+/// built without timers).
+async fn pause(d: Duration) -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    match std::panic::catch_unwind(|| tokio::time::sleep(d)) {
+        Ok(sleep) => {
+            sleep.await;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Runs `fut`, giving up after `limit`. Without a timer (outside Tokio) it just runs.
+pub(crate) async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Some(fut.await);
+    }
+    // A runtime without timers panics on `sleep`: then no soft timeout, rather than a
+    // panic in the caller.
+    let Ok(sleep) = std::panic::catch_unwind(|| tokio::time::sleep(limit)) else {
+        return Some(fut.await);
+    };
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = sleep => None,
+    }
+}
+
+/// Whether a hit on an entry fresh until `fresh_until` is in the last part of its TTL.
+pub(crate) fn refresh_due(fresh_until: u64, ttl: Duration, fraction: f64) -> bool {
+    let remaining = fresh_until.saturating_sub(unix_ms()) as f64;
+    remaining < ttl.as_millis() as f64 * (1.0 - fraction)
+}
+
+/// Returns a stale value, counting and logging it.
+pub(crate) fn serve_stale<S: Returns<R>, R>(
+    site: &Site,
+    finish_key: &str,
+    bound: &BoundRef<'_>,
+    value: S::Stored,
+    why: &'static str,
+) -> R {
+    bound.counters.stale_served();
+    // Once per function per 10 s: during an outage every call would say it.
+    static QUIET_MS: u64 = 10_000;
+    let now = unix_ms();
+    let last = site.stale_logged.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= QUIET_MS
+        && site
+            .stale_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(target: "cache_runtime::store", function = site.function, key = finish_key, why, "serving the last good value past its TTL (fail-safe); see the stale_served counter");
+    } else {
+        tracing::debug!(target: "cache_runtime::store", key = finish_key, why, "serving the last good value past its TTL (fail-safe)");
+    }
+    S::rebuild(value)
+}
+
+/// What finishing a body needs: where to store, whom to tell, which lock to release.
+pub(crate) struct Finish {
+    pub(crate) cache: Selected,
+    pub(crate) bound: BoundRef<'static>,
+    pub(crate) key: String,
+    pub(crate) user: Option<String>,
+    pub(crate) shape: Shape,
+    pub(crate) leader: Leader<'static>,
+    /// `(lock key, token)` while this body holds the distributed lock.
+    pub(crate) lock: Option<(String, String)>,
+    /// The read failed on a connection fault: do not wait out a second timeout.
+    pub(crate) store: bool,
+}
+
+impl Finish {
+    /// The body failed: followers are told to do their own work, the lock is released.
+    pub(crate) async fn fail(mut self) {
+        self.leader.publish(FlightState::NotCached);
+        self.unlock().await;
+    }
+
+    /// Stores the cacheable part of `result` (and tells followers), releases the lock, and
+    /// returns `result`.
+    pub(crate) async fn complete<S: Returns<R>, R>(mut self, result: R) -> R {
+        let Some(value) = S::cacheable(&result) else {
+            tracing::debug!(target: "cache_runtime::store", key = %self.key, "skip: result not cacheable");
+            self.fail().await;
+            return result;
+        };
+        let r = self.bound.resilience;
+        let fresh_until = r.timed.then(|| {
+            unix_ms().saturating_add(u64::try_from(self.bound.ttl.as_millis()).unwrap_or(u64::MAX))
+        });
+        let cache: &Cache = &self.cache;
+        let Ok(bytes) = cache.encode_entry(
+            &self.bound.counters,
+            &self.key,
+            value,
+            &self.shape,
+            fresh_until,
+        ) else {
+            self.leader.publish(FlightState::NotCached);
+            self.unlock().await;
+            return result;
+        };
+        // Published whether or not anyone waits yet: callers arriving during the store below
+        // join this flight and get the value instead of running the body again.
+        self.leader
+            .publish(FlightState::Done(bytes.as_slice().into()));
+        if !self.store {
+            tracing::debug!(target: "cache_runtime::store", key = %self.key, "skip store: the read just failed");
+        } else if !self.leader.is_current() {
+            tracing::debug!(target: "cache_runtime::store", key = %self.key, "skip store: invalidated while the function ran");
+        } else {
+            let index = self
+                .user
+                .as_deref()
+                .map(|user| cache.keys().user_index_escaped(user));
+            // Kept past the TTL for fail-safe; the envelope says when it stops being fresh.
+            let write = Write {
+                key: &self.key,
+                value: &bytes,
+                ttl: Some(self.bound.ttl.saturating_add(r.fail_safe)),
+                index: index.as_deref(),
+            };
+            if let Err(e) = cache.write(&self.bound.counters, write).await {
+                if matches!(e, CacheError::Unavailable) {
+                    tracing::debug!(target: "cache_runtime::store", key = %self.key, "skip store: cache bypassed");
+                } else {
+                    tracing::warn!(target: "cache_runtime::store", key = %self.key, error = %e, "cache write failed; the result is returned uncached");
+                }
+            }
+        }
+        // Stored first, then released: a waiting process that sees the lock gone finds the value.
+        self.unlock().await;
+        result
+    }
+
+    async fn unlock(&mut self) {
+        if let Some((key, token)) = self.lock.take() {
+            if let Err(e) = self.cache.inner.backend.unlock(&key, &token).await {
+                tracing::debug!(target: "cache_runtime::store", key = %key, error = %e, "lock not released (it expires by its lease)");
+            }
+        }
+    }
+
+    /// A refresh ahead takes the lock once, without waiting: if another process holds it,
+    /// that process is already refreshing.
+    async fn take_lock_for_refresh(&mut self) -> bool {
+        let Some(lease) = self.bound.resilience.lock_lease else {
+            return true;
+        };
+        if !self.cache.inner.backend.shared_by_processes() {
+            return true;
+        }
+        let key = lock_key(&self.key);
+        let token = token();
+        match self.cache.inner.backend.try_lock(&key, &token, lease).await {
+            Ok(true) => {
+                self.lock = Some((key, token));
+                true
+            }
+            Ok(false) | Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        // Dropped without `complete` (a panicking body, a cancelled call): release the lock
+        // now rather than make other processes wait out the lease.
+        if let Some((key, token)) = self.lock.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let cache = self.cache.clone();
+                runtime.spawn(async move {
+                    let _ = cache.inner.backend.unlock(&key, &token).await;
+                });
+            }
+        }
+    }
+}
+
+/// The lock of one entry: next to it, in its hash slot (`{user:…}` tags included).
+fn lock_key(key: &str) -> String {
+    format!("{key}:__lock")
+}
+
+/// A token no other lock owner has: this process, the time, a counter.
+fn token() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&unix_ms().to_le_bytes());
+    h.update(&NEXT.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.update(&(std::ptr::from_ref(&NEXT) as usize).to_le_bytes());
+    let digest = h.finalize();
+    digest.as_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How a miss got on with the distributed lock.
+pub(crate) enum Locked<T> {
+    /// This process runs the body: `(lock key, token)`.
+    Taken(String, String),
+    /// Another process stored the value meanwhile.
+    Value(Arc<[u8]>, T),
+    /// Waited `wait` without a value (the owner is slow or died): go on without it.
+    TimedOut,
+    /// The store cannot lock right now: go on without it.
+    Unavailable,
+}
+
+/// Takes the lock of `key`, or waits (at most `wait`) for the process that holds it to
+/// store the value; retakes the lock when it is released without a value (its owner's body
+/// failed) or its lease ran out (its owner died).
+pub(crate) async fn lock_or_wait<T: Serialize + DeserializeOwned>(
+    cache: &Cache,
+    key: &str,
+    shape: &Shape,
+    lease: Duration,
+    wait: Duration,
+    on_wait: impl FnOnce(),
+) -> Locked<T> {
+    let backend = &cache.inner.backend;
+    let lock = lock_key(key);
+    let token = token();
+    match backend.try_lock(&lock, &token, lease).await {
+        Ok(true) => return Locked::Taken(lock, token),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::debug!(target: "cache_runtime::store", key, error = %e, "distributed lock unavailable; running the function");
+            return Locked::Unavailable;
+        }
+    }
+    on_wait();
+    tracing::debug!(target: "cache_runtime::store", key, "another process is running this call; waiting for its value");
+    let start = Instant::now();
+    let mut step = Duration::from_millis(5);
+    loop {
+        let left = wait.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Locked::TimedOut;
+        }
+        if !pause(step.min(left)).await {
+            // No timer: waiting is impossible.
+            return Locked::Unavailable;
+        }
+        step = (step * 2).min(Duration::from_millis(50));
+        // The owner stores before it releases: a fresh value means it is done.
+        if let Ok(Some(bytes)) = backend.get(key).await {
+            if let Ok((value, until)) = cache.codec().decode_timed::<T>(&bytes, shape) {
+                if until.is_none_or(|u| u > unix_ms()) {
+                    return Locked::Value(bytes.into_shared(), value);
+                }
+            }
+        }
+        match backend.try_lock(&lock, &token, lease).await {
+            Ok(true) => return Locked::Taken(lock, token),
+            Ok(false) => {}
+            Err(_) => return Locked::Unavailable,
+        }
+    }
+}
