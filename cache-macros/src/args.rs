@@ -42,7 +42,7 @@ impl Kind {
     }
 }
 
-const COMMON: [&str; 13] = [
+const COMMON: [&str; 14] = [
     "ttl",
     "namespace",
     "name",
@@ -56,8 +56,9 @@ const COMMON: [&str; 13] = [
     "cache_none",
     "companions",
     "cache",
+    "tags",
 ];
-const USER_SPECIFIC: [&str; 15] = [
+const USER_SPECIFIC: [&str; 16] = [
     "ttl",
     "namespace",
     "name",
@@ -71,6 +72,7 @@ const USER_SPECIFIC: [&str; 15] = [
     "cache_none",
     "companions",
     "cache",
+    "tags",
     "data_type",
     "user",
 ];
@@ -140,6 +142,20 @@ pub(crate) struct Args {
     pub(crate) companions: Option<WithSpan<bool>>,
     /// `cache = path`: a function returning the `&'static Cache` to use.
     pub(crate) cache: Option<syn::Path>,
+    /// `tags = ["trades:{user_id}", "market"]`.
+    pub(crate) tags: Vec<TagTemplate>,
+}
+
+/// One tag as written: literal text and `{parameter}` placeholders.
+pub(crate) struct TagTemplate {
+    pub(crate) lit: syn::LitStr,
+    pub(crate) parts: Vec<TagPart>,
+}
+
+pub(crate) enum TagPart {
+    Text(String),
+    /// A parameter's name, spanned at the tag's literal.
+    Param(Ident),
 }
 
 impl Args {
@@ -161,6 +177,7 @@ impl Args {
             cache_none: None,
             companions: None,
             cache: None,
+            tags: Vec::new(),
         }
     }
 }
@@ -309,6 +326,10 @@ fn convert(args: &mut Args, name: &str, arg: RawArg, cx: &mut Ctxt) {
             });
         }
         "companions" => args.companions = flag(&ident, value, cx),
+        "tags" => {
+            args.tags =
+                expr(&ident, value, TAGS_EXAMPLE, cx).map_or_else(Vec::new, |e| tags(&e, cx));
+        }
         "user" => {
             args.user = expr(&ident, value, "`user = user_id` (a parameter name)", cx).and_then(
                 |e| match e {
@@ -480,6 +501,114 @@ fn version(e: &Expr, cx: &mut Ctxt) -> Option<WithSpan<u32>> {
 }
 
 /// A key segment written by the user: `[a-z0-9_-]{1,64}`, so it never needs escaping.
+const TAGS_EXAMPLE: &str =
+    "`tags = [\"trades:{user_id}\", \"market\"]` (`{name}` is a parameter's value)";
+
+/// `["a", "b:{param}"]`: each tag a string literal; `{{` and `}}` are literal braces.
+fn tags(e: &Expr, cx: &mut Ctxt) -> Vec<TagTemplate> {
+    let Expr::Array(array) = e else {
+        cx.error_spanned(
+            e,
+            format!("expected a list of string literals, e.g. {TAGS_EXAMPLE}"),
+        );
+        return Vec::new();
+    };
+    if array.elems.is_empty() {
+        cx.error_spanned(
+            e,
+            format!("`tags = []` tags nothing: remove it, or write e.g. {TAGS_EXAMPLE}"),
+        );
+    }
+    let mut out = Vec::new();
+    for elem in &array.elems {
+        let Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) = elem
+        else {
+            cx.error_spanned(
+                elem,
+                format!("each tag is a string literal, e.g. {TAGS_EXAMPLE}"),
+            );
+            continue;
+        };
+        if let Some(parts) = tag_parts(lit, cx) {
+            out.push(TagTemplate {
+                lit: lit.clone(),
+                parts,
+            });
+        }
+    }
+    out
+}
+
+fn tag_parts(lit: &syn::LitStr, cx: &mut Ctxt) -> Option<Vec<TagPart>> {
+    let text = lit.value();
+    if text.is_empty() {
+        cx.error_spanned(
+            lit,
+            "a tag cannot be empty; write e.g. `\"market\"` or `\"trades:{user_id}\"`",
+        );
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                literal.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(c);
+                }
+                if !closed {
+                    cx.error_spanned(lit, "unclosed `{` in a tag: write `{name}` for a parameter's value, or `{{` for a literal brace");
+                    return None;
+                }
+                let Ok(ident) = syn::parse_str::<Ident>(&name) else {
+                    cx.error_spanned(lit, format!("`{{{name}}}` in a tag must name a parameter, e.g. `{{user_id}}` (write `{{{{` and `}}}}` for literal braces)"));
+                    return None;
+                };
+                if ident == "self" {
+                    cx.error_spanned(
+                        lit,
+                        "a tag cannot use `{self}`: name a parameter, e.g. `{user_id}`",
+                    );
+                    return None;
+                }
+                if !literal.is_empty() {
+                    parts.push(TagPart::Text(std::mem::take(&mut literal)));
+                }
+                parts.push(TagPart::Param(Ident::new(&name, lit.span())));
+            }
+            '}' => {
+                cx.error_spanned(
+                    lit,
+                    "unmatched `}` in a tag: write `}}` for a literal brace",
+                );
+                return None;
+            }
+            other => literal.push(other),
+        }
+    }
+    if !literal.is_empty() {
+        parts.push(TagPart::Text(literal));
+    }
+    Some(parts)
+}
+
 fn segment(e: &Expr, what: &str, cx: &mut Ctxt) -> Option<WithSpan<String>> {
     let Expr::Lit(ExprLit {
         lit: Lit::Str(text),

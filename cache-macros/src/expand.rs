@@ -215,6 +215,14 @@ fn key(plan: &Plan, all_refs: bool) -> TokenStream {
         steps.extend(quote!(#k));
         steps.extend(quote_spanned!(ty.span()=> .arg(#value);));
     }
+    // Tags are not part of the key (companions, which only delete, need none); a parameter
+    // that is not `Display` is reported at the tag.
+    for tag in plan.tags.iter().filter(|_| !all_refs) {
+        let format = syn::LitStr::new(&tag.format, tag.span);
+        let params = &tag.params;
+        steps.extend(quote!(#k));
+        steps.extend(quote_spanned!(tag.span=> .tag(::std::format!(#format #(, #params)*));));
+    }
     // The stored type's shape is part of the key; spanned at the return type, so a type
     // that cannot be stored is reported there (once: rustc merges identical diagnostics).
     let stored = stored_type(plan);

@@ -50,8 +50,10 @@ mod validate;
 /// | `refresh_ahead = 0.8` | a hit after this share of the TTL (strictly between 0 and 1) returns at once and starts one background refresh of the key. Needs parameters that own their data | off |
 /// | `distributed_lock = true` / `"30s"` / `false` | on a miss, one process across all that share the Redis runs the body (a lock with an owner token and this lease); the others wait for its value, then run their own body rather than fail | `CACHE_DISTRIBUTED_LOCK` (off), lease `CACHE_LOCK_LEASE` (10 s) |
 ///
-/// These four apply to `#[cache_user_specific]` too; see the README's "When the source
-/// fails" for what each one costs.
+/// | `tags = ["trades:{user_id}", "market"]` | tags the entry, so `cache.invalidate_tag("trades:user_1")` removes it with every other entry of that tag; `{name}` is the value (`Display`) of the parameter `name`, `{{`/`}}` literal braces | none |
+///
+/// These five apply to `#[cache_user_specific]` too; see the README's "Tags" and "When the
+/// source fails" for what each one costs.
 ///
 /// Unknown arguments (with a "did you mean" hint), duplicates, bad values and signature
 /// problems are all reported in one compilation, each on its token.

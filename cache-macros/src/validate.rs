@@ -9,7 +9,7 @@ use syn::{
     ReturnType, Stmt, Type, TypeParamBound,
 };
 
-use crate::args::{Args, Kind};
+use crate::args::{Args, Kind, TagPart};
 use crate::ctxt::{closest, Ctxt};
 
 /// One parameter that goes into the key.
@@ -86,6 +86,16 @@ pub(crate) struct Plan {
     /// `cache = path`.
     pub(crate) cache: Option<syn::Path>,
     pub(crate) resilience: Resilience,
+    /// `tags = [...]`, ready for `format!`.
+    pub(crate) tags: Vec<Tag>,
+}
+
+/// One tag: a `format!` string (literal braces doubled, `{}` per placeholder) and the
+/// parameters that fill it, spanned at the tag's literal.
+pub(crate) struct Tag {
+    pub(crate) span: proc_macro2::Span,
+    pub(crate) format: String,
+    pub(crate) params: Vec<Ident>,
 }
 
 /// The resilience options, validated (milliseconds; see the runtime's `Site::with_*`).
@@ -196,6 +206,35 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
         }
     }
 
+    // Tags name parameters (skipped ones too: a tag need not be part of the key).
+    let mut tags = Vec::new();
+    for template in &args.tags {
+        let mut tag = Tag {
+            span: template.lit.span(),
+            format: String::new(),
+            params: Vec::new(),
+        };
+        let mut known = true;
+        for part in &template.parts {
+            match part {
+                TagPart::Text(text) => tag
+                    .format
+                    .push_str(&text.replace('{', "{{").replace('}', "}}")),
+                TagPart::Param(name) => {
+                    if !params.iter().any(|(i, _)| i == name) {
+                        unknown_param(name, "tags", &names, cx);
+                        known = false;
+                    }
+                    tag.format.push_str("{}");
+                    tag.params.push(name.clone());
+                }
+            }
+        }
+        if known {
+            tags.push(tag);
+        }
+    }
+
     // The user id of #[cache_user_specific].
     let mut user = None;
     if kind == Kind::UserSpecific {
@@ -291,6 +330,7 @@ pub(crate) fn check(args: &Args, func: &ItemFn, cx: &mut Ctxt) -> Option<Plan> {
         body,
         cache: args.cache.clone(),
         resilience,
+        tags,
     })
 }
 

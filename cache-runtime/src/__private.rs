@@ -24,6 +24,7 @@ pub struct CallKey(EngineKey);
 pub struct KeyBuilder {
     hasher: ArgsHasher,
     user: Option<String>,
+    tags: Vec<String>,
     shape: Shape,
 }
 
@@ -35,6 +36,7 @@ impl KeyBuilder {
         Self {
             hasher: ArgsHasher::with_site_key(&keyed.key),
             user: None,
+            tags: Vec::new(),
             shape: keyed.shape,
         }
     }
@@ -44,6 +46,12 @@ impl KeyBuilder {
         let id = id.to_string();
         self.hasher.raw(id.as_bytes());
         self.user = Some(escape_segment(&id).into_owned());
+    }
+
+    /// One tag of the entry (`tags = [...]`), already filled in from the arguments. Not
+    /// part of the key: the same call always carries the same tags.
+    pub fn tag(&mut self, tag: String) {
+        self.tags.push(tag);
     }
 
     pub fn arg<T: Serialize + ?Sized>(&mut self, value: &T) {
@@ -58,6 +66,7 @@ impl KeyBuilder {
     pub fn finish(self) -> CallKey {
         CallKey(EngineKey {
             user: self.user,
+            tags: self.tags,
             hash: self.hasher.finish(),
             shape: self.shape,
         })

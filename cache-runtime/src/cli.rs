@@ -16,6 +16,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::backend::Store;
+use crate::error::AuthCause;
 use crate::{Cache, CacheConfig, CacheError};
 
 /// Success.
@@ -124,13 +125,23 @@ fn diagnose(e: &CacheError) -> (u8, Vec<&'static str>) {
                 "a plain (non-TLS) server on this port also fails the handshake: check the port",
             ],
         ),
+        CacheError::Auth {
+            cause: AuthCause::Permission,
+            ..
+        } => (
+            EXIT_AUTH,
+            vec![
+                "NOPERM: the ACL user lacks rights for these commands or keys: check its rules (ACL GETUSER <user>) and grant them (ACL SETUSER)",
+                "other commands and keys keep working: decorated calls the ACL refuses run without the cache",
+            ],
+        ),
         CacheError::Auth { .. } => (
             EXIT_AUTH,
             vec![
                 "WRONGPASS/NOAUTH: copy the password from the console's Security section into REDIS_PASSWORD",
+                "if the password was rotated, every client needs the new one: until then they run without the cache",
                 "use the username 'default' unless you created an ACL user (REDIS_USERNAME)",
                 "percent-encode special characters of the password inside REDIS_URL",
-                "NOPERM: the ACL user lacks rights for these commands or keys",
             ],
         ),
         CacheError::Config(_) => (EXIT_USAGE, vec![]),

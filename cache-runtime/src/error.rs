@@ -30,11 +30,15 @@ pub enum CacheError {
         /// The cause and what to do about it, then what the TLS layer said.
         detail: String,
     },
-    /// The server refused the credentials (WRONGPASS, NOAUTH) or the ACL user lacks rights.
-    #[error("Redis refused authentication or permission: {detail}; check REDIS_USERNAME (Redis Cloud: default) and REDIS_PASSWORD (percent-encode special characters in REDIS_URL), and the ACL rules of that user")]
+    /// The server refused the credentials (WRONGPASS, NOAUTH, AUTH at connect) or the ACL
+    /// user lacks rights (NOPERM): see [`AuthCause`].
+    #[error("Redis refused {}: {detail}; {}", .cause.what(), .cause.advice())]
     Auth {
         /// The server's message.
         detail: String,
+        /// Credentials (every request fails: the circuit breaker opens) or one command or
+        /// key (only those fail).
+        cause: AuthCause,
     },
     /// The server did not answer within the socket timeout.
     #[error("Redis did not answer within {0:?}; the server may be overloaded or the network slow: raise REDIS_SOCKET_TIMEOUT or check the server")]
@@ -112,7 +116,91 @@ pub enum CacheError {
     },
 }
 
+/// What an [`CacheError::Auth`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthCause {
+    /// The credentials: a wrong or rotated password, an unknown or disabled user
+    /// (WRONGPASS, AUTH refused at connect), or none given to a server that needs them
+    /// (NOAUTH). Every request fails the same way until the configuration or the server
+    /// changes.
+    Credentials,
+    /// The ACL user may not run this command or touch this key (NOPERM); other requests
+    /// work.
+    Permission,
+}
+
+impl AuthCause {
+    fn what(self) -> &'static str {
+        match self {
+            Self::Credentials => "authentication",
+            Self::Permission => "permission",
+        }
+    }
+
+    fn advice(self) -> &'static str {
+        match self {
+            Self::Credentials => "check REDIS_USERNAME (Redis Cloud: default) and REDIS_PASSWORD (percent-encode special characters in REDIS_URL); if the password was rotated, give this client the new one",
+            Self::Permission => "the ACL rules of that user (REDIS_USERNAME) do not allow this command or key: grant it (ACL SETUSER) or use a user that has it",
+        }
+    }
+}
+
 impl CacheError {
+    /// Whether Redis refused this client's credentials (WRONGPASS, NOAUTH, AUTH refused at
+    /// connect): every request fails the same way until the password works. An ACL that
+    /// refuses one command or key (NOPERM) is not one.
+    pub fn is_authentication_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Auth {
+                cause: AuthCause::Credentials,
+                ..
+            }
+        )
+    }
+
+    /// Whether the error trips the circuit breaker: a connection fault or refused
+    /// credentials, after which the next request would most likely fail the same way (so
+    /// a store after a read that failed so is skipped too).
+    pub fn trips_breaker(&self) -> bool {
+        self.is_connection_fault() || self.is_authentication_failure()
+    }
+
+    /// Whether the error stays until the configuration or the server changes (refused
+    /// credentials, a failed TLS handshake: a wrong CA, host name or port), so that it
+    /// opens the breaker at once instead of after several in a row. The breaker logs it
+    /// then, once, and answers bypassed requests with it.
+    pub(crate) fn is_lasting(&self) -> bool {
+        self.is_authentication_failure() || matches!(self, Self::Tls { .. })
+    }
+
+    /// Whether the circuit breaker reports this error (it logged it when it opened): a
+    /// bypassed request, or a lasting fault, which opens the breaker at once. Callers that
+    /// log every failed call leave these out, or a loop of calls would log each one.
+    pub(crate) fn reported_by_breaker(&self) -> bool {
+        matches!(self, Self::Unavailable) || self.is_lasting()
+    }
+
+    /// A copy of a lasting fault (see [`Self::is_lasting`]), to answer the requests it
+    /// bypasses with; `None` for any other error.
+    pub(crate) fn lasting_copy(&self) -> Option<Self> {
+        match self {
+            Self::Auth {
+                detail,
+                cause: cause @ AuthCause::Credentials,
+            } => Some(Self::Auth {
+                detail: detail.clone(),
+                cause: *cause,
+            }),
+            Self::Tls { endpoint, detail } => Some(Self::Tls {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the error is a connection-level fault (counts toward the circuit breaker):
     /// a store after one would most likely fail the same way.
     pub fn is_connection_fault(&self) -> bool {

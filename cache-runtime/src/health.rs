@@ -267,6 +267,10 @@ impl Cache {
                 Err(e) => Some(match (&e, backend.last_fault()) {
                     // The breaker hides the cause; report the fault that opened it.
                     (CacheError::Unavailable, Some(last)) => format!("{e}; last error: {last}"),
+                    // A lasting fault (refused credentials, TLS) holds the breaker open.
+                    _ if e.is_lasting() && backend.circuit_open() => format!(
+                        "{e} (until then, calls run without the cache, which retries by itself)"
+                    ),
                     _ => e.to_string(),
                 }),
                 Ok(_) => problem,

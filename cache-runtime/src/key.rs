@@ -181,6 +181,14 @@ impl KeyBuilder {
         format!("{}__index:{}", self.prefix_colon, user_tag(escaped_user))
     }
 
+    /// The set that lists every key stored with one tag, in every namespace; its hash tag
+    /// is the tag, so the set lives in one cluster slot (its members may live anywhere).
+    ///
+    /// `{prefix}:__tag:{tag:<escaped tag>}`.
+    pub fn tag_index(&self, tag: &str) -> String {
+        format!("{}__tag:{{tag:{}}}", self.prefix_colon, escape_segment(tag))
+    }
+
     /// The prefix shared by a user's keys in one namespace (used to filter the index).
     pub fn user_namespace_prefix(&self, namespace: &str, user_id: &str) -> String {
         let mut base = self.user_base(namespace, user_id);
@@ -364,6 +372,14 @@ mod tests {
             "tradistry:trading:{user:123}:AAPL:quote"
         );
         assert_eq!(keys.user_index("123"), "tradistry:__index:{user:123}");
+        assert_eq!(
+            keys.tag_index("trades:u1"),
+            "tradistry:__tag:{tag:trades%3Au1}"
+        );
+        assert_eq!(
+            keys.tag_index("{x} *"),
+            "tradistry:__tag:{tag:%7Bx%7D%20%2A}"
+        );
     }
 
     #[test]

@@ -470,6 +470,31 @@ mod tests {
         assert!(l1.get("k").is_none());
     }
 
+    /// The race of a foreign write with a fill: the read took its ticket, Redis answered
+    /// with the old value, then the write's invalidation was applied before the fill. A
+    /// flush (`All`) and a stream that went down and came back (invalidations may have
+    /// been missed meanwhile) stop such a fill too; a read that starts afterwards fills.
+    #[test]
+    fn a_fill_older_than_an_invalidation_it_raced_is_dropped() {
+        let l1 = healthy();
+        let old =
+            |l1: &L1, t: &Ticket| l1.fill("k", Arc::from(&b"old"[..]), Duration::from_secs(5), t);
+        let t = l1.ticket("k");
+        l1.invalidate(Invalidated::All);
+        old(&l1, &t);
+        assert!(l1.get("k").is_none(), "filled across a flush");
+        let t = l1.ticket("k");
+        l1.down();
+        l1.up();
+        old(&l1, &t);
+        assert!(l1.get("k").is_none(), "filled across a reconnect");
+        // Another key's invalidation may share the stripe (a fill lost, never a stale one);
+        // a fresh ticket fills.
+        let t = l1.ticket("k");
+        old(&l1, &t);
+        assert!(l1.get("k").is_some());
+    }
+
     #[test]
     fn messages_invalidate_keys_and_prefixes() {
         let l1 = healthy();

@@ -14,6 +14,16 @@ use crate::key::escape_segment;
 use crate::namespace::Namespace;
 use crate::shape::shape_of;
 
+/// A tag's text: anything but empty (it is escaped in its set's key like any segment).
+pub(crate) fn check_tag(tag: &str) -> Result<(), CacheError> {
+    if tag.is_empty() {
+        return Err(CacheError::InvalidInput(
+            "a tag cannot be empty; use a name such as \"market\" or \"trades:user_123\"".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Cache {
     /// Operations scoped to one namespace (validated: `[a-z0-9_-]{1,64}`, not `__…`).
     pub fn namespace(&self, name: &str) -> Result<NamespaceCache<'_>, CacheError> {
@@ -24,6 +34,35 @@ impl Cache {
     /// Operations scoped to a [`Namespace`].
     pub fn scoped(&self, ns: Namespace) -> NamespaceCache<'_> {
         NamespaceCache::new(self, ns)
+    }
+
+    /// Deletes every entry stored with `tag`, in every namespace and for every user
+    /// (decorated results with `tags = [...]`, manual and service writes made through
+    /// `with_tags`), here, in Redis, and in every process's L1; returns how many were
+    /// deleted.
+    ///
+    /// Reads the tag's set, so it costs in proportion to the tagged entries, not the
+    /// database. The tag is matched exactly (no patterns: `*` is just a character).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use cache_runtime::Cache;
+    ///
+    /// let cache = Cache::in_memory();
+    /// let trading = cache.namespace("trading")?.with_tags(["market", "trades:user_1"]);
+    /// trading.set("AAPL", &189.5_f64, None).await?;
+    /// assert_eq!(cache.invalidate_tag("market").await?, 1);
+    /// assert_eq!(trading.get::<f64>("AAPL").await?, None);
+    /// # Ok::<_, cache_runtime::CacheError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        check_tag(tag)?;
+        let index = self.inner.keys.tag_index(tag);
+        let forget = |key: &str| self.forget(Scope::Removed(key));
+        let n = self.inner.backend.clear_tag(&index, &forget).await?;
+        tracing::info!(target: "cache_runtime::store", deleted = n, "invalidated a tag");
+        Ok(n)
     }
 
     /// Deletes every key of a namespace with SCAN + UNLINK in batches; returns the count.
@@ -142,11 +181,29 @@ impl Cache {
 pub struct NamespaceCache<'a> {
     cache: &'a Cache,
     ns: Namespace,
+    /// Tags the writes of this handle carry ([`with_tags`](Self::with_tags)).
+    tags: Vec<String>,
 }
 
 impl<'a> NamespaceCache<'a> {
     pub(crate) fn new(cache: &'a Cache, ns: Namespace) -> Self {
-        Self { cache, ns }
+        Self {
+            cache,
+            ns,
+            tags: Vec::new(),
+        }
+    }
+
+    /// The same namespace, whose [`set`](Self::set)s list each entry under `tags`, so
+    /// [`Cache::invalidate_tag`] removes it. An empty tag is refused by `set`.
+    #[must_use]
+    pub fn with_tags<I, S>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The namespace.
@@ -174,6 +231,7 @@ impl<'a> NamespaceCache<'a> {
                 "a TTL of zero would store nothing; use delete() or a TTL of at least 1 ms".into(),
             ));
         }
+        self.tags.iter().try_for_each(|t| check_tag(t))?;
         let counters = self.cache.counters_for(self.ns.as_str());
         self.cache
             .write_value(
@@ -182,6 +240,7 @@ impl<'a> NamespaceCache<'a> {
                 (value, &shape_of::<T::Owned>()),
                 Some(ttl),
                 None,
+                &self.tags,
             )
             .await
     }

@@ -7,6 +7,7 @@
 //! with every caller-supplied segment escaped. Every user-scoped key is also listed in
 //! that user's index set, so clearing a user costs in proportion to that user's keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
@@ -51,12 +52,43 @@ pub fn prompt_hash(prompt: &str) -> String {
 #[derive(Clone, Debug)]
 pub struct CacheService {
     cache: Cache,
+    /// Tags the writes of this handle carry ([`with_tags`](Self::with_tags)).
+    tags: Arc<[String]>,
 }
 
 impl CacheService {
     /// A service over `cache`.
     pub fn new(cache: Cache) -> Self {
-        Self { cache }
+        Self {
+            cache,
+            tags: Arc::from([]),
+        }
+    }
+
+    /// The same service, whose writes (`cache_*`) list each entry under `tags`, so
+    /// [`Cache::invalidate_tag`] removes it; cheap (shares the cache).
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// use cache_runtime::{service::CacheService, Cache};
+    ///
+    /// let service = CacheService::new(Cache::in_memory());
+    /// let tagged = service.with_tags(["trades:user_123"]);
+    /// tagged.cache_trading_data("user_123", "AAPL", "fills", &[1, 2, 3], None).await?;
+    /// assert_eq!(service.cache().invalidate_tag("trades:user_123").await?, 1);
+    /// # Ok::<_, cache_runtime::CacheError>(())
+    /// # }).unwrap();
+    /// ```
+    #[must_use]
+    pub fn with_tags<I, S>(&self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            cache: self.cache.clone(),
+            tags: tags.into_iter().map(Into::into).collect(),
+        }
     }
 
     /// The underlying cache.
@@ -76,6 +108,9 @@ impl CacheService {
         let key = keys.user_scoped(ns.as_str(), user_id, rest);
         let index = keys.user_index(user_id);
         let ttl = ttl.unwrap_or_else(|| self.cache.ttl_for(ns.as_str()));
+        self.tags
+            .iter()
+            .try_for_each(|t| crate::manual::check_tag(t))?;
         let counters = self.cache.counters_for(ns.as_str());
         self.cache
             .write_value(
@@ -84,6 +119,7 @@ impl CacheService {
                 (value, &shape_of::<T::Owned>()),
                 Some(ttl),
                 Some(&index),
+                &self.tags,
             )
             .await
     }

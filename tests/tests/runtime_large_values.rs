@@ -49,6 +49,8 @@ async fn small_gets_are_not_stuck_behind_32_mib_transfers() {
     let config = CacheConfig::builder()
         .url(server.url())
         .max_value_bytes(64 * 1024 * 1024)
+        // Uncompressed: the point is 32 MiB on the wire (this value would shrink to KiBs).
+        .compress_above(0)
         .socket_timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -98,5 +100,94 @@ async fn small_gets_are_not_stuck_behind_32_mib_transfers() {
     assert!(
         load_p50 < big_mean,
         "the median small GET ({load_p50:?}) waited about as long as a whole 32 MiB GET ({big_mean:?}): head-of-line blocking"
+    );
+}
+
+/// A trade as an API would return it: JSON-like, repetitive field names and symbols.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Clone)]
+struct Trade {
+    id: u64,
+    symbol: String,
+    side: String,
+    price: f64,
+    quantity: u32,
+    venue: String,
+    note: Option<String>,
+}
+
+fn trades(n: u64) -> Vec<Trade> {
+    (0..n)
+        .map(|i| Trade {
+            id: 1_000_000 + i,
+            symbol: ["AAPL", "MSFT", "NVDA", "TSLA"][(i % 4) as usize].to_owned(),
+            side: if i % 3 == 0 { "sell" } else { "buy" }.to_owned(),
+            price: 100.0 + (i % 997) as f64 * 0.25,
+            quantity: (i % 50) as u32 * 10,
+            venue: "XNAS".to_owned(),
+            note: (i % 10 == 0).then(|| format!("rebalance batch {}", i / 10)),
+        })
+        .collect()
+}
+
+/// Values above `CACHE_COMPRESS_ABOVE` are stored LZ4-compressed (smaller in Redis), read
+/// back equal by the same cache and by one with compression off; with it off they are
+/// stored as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_compressed_in_redis_and_read_back() {
+    let server = RedisServer::plain();
+    let cache_with = |above: usize| {
+        Cache::new(
+            CacheConfig::builder()
+                .url(server.url())
+                .codec(cache_runtime::CodecKind::Json)
+                .compress_above(above)
+                .build()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let compressing = cache_with(64 * 1024);
+    let plain = cache_with(0);
+    let value = trades(20_000);
+    let mut raw = server.client().get_connection().unwrap();
+    let strlen = |raw: &mut redis::Connection, key: &str| -> usize {
+        redis::cmd("STRLEN").arg(key).query(raw).unwrap()
+    };
+
+    let ns = compressing.namespace("zip").unwrap();
+    ns.set("trades", &value, Some(TTL)).await.unwrap();
+    let packed = strlen(&mut raw, &ns.key("trades"));
+    let ns_plain = plain.namespace("zip").unwrap();
+    ns_plain
+        .set("trades-plain", &value, Some(TTL))
+        .await
+        .unwrap();
+    let unpacked = strlen(&mut raw, &ns_plain.key("trades-plain"));
+    eprintln!(
+        "20,000 trades as JSON: {unpacked} bytes stored plain, {packed} compressed ({:.1}% saved)",
+        100.0 * (1.0 - packed as f64 / unpacked as f64)
+    );
+    assert!(packed * 3 < unpacked, "{packed} compressed vs {unpacked}");
+    // Read back by both caches, whichever wrote it.
+    for cache in [&compressing, &plain] {
+        let ns = cache.namespace("zip").unwrap();
+        assert_eq!(
+            ns.get::<Vec<Trade>>("trades").await.unwrap().as_ref(),
+            Some(&value)
+        );
+        assert_eq!(
+            ns.get::<Vec<Trade>>("trades-plain").await.unwrap().as_ref(),
+            Some(&value)
+        );
+    }
+    // Small values are never compressed.
+    ns.set("one", &value[..10], Some(TTL)).await.unwrap();
+    let small: Vec<u8> = redis::cmd("GET")
+        .arg(ns.key("one"))
+        .query(&mut raw)
+        .unwrap();
+    assert!(
+        small.windows(6).any(|w| w == b"\"AAPL\""),
+        "plain JSON inside the envelope"
     );
 }

@@ -96,6 +96,8 @@ pub(crate) struct Write<'a> {
     pub(crate) ttl: Option<Duration>,
     /// The user index that lists the key (user-scoped keys).
     pub(crate) index: Option<&'a str>,
+    /// The tag sets that list the key ([`KeyBuilder::tag_index`](crate::key::KeyBuilder::tag_index)).
+    pub(crate) tags: &'a [String],
 }
 
 /// How long a key count may run.
@@ -229,6 +231,17 @@ pub(crate) trait Store: Send + Sync {
         index: &str,
         member_prefix: Option<&str>,
     ) -> Result<u64, CacheError>;
+    /// Deletes the keys a tag's set lists (wherever they live) and empties the set;
+    /// `forget` hears each key before it is deleted (the caller's local fence). Returns how
+    /// many existed. Costs in proportion to the tagged keys.
+    async fn clear_tag(
+        &self,
+        index: &str,
+        forget: &(dyn Fn(&str) + Sync),
+    ) -> Result<u64, CacheError> {
+        let _ = forget;
+        self.clear_index(index, None).await
+    }
     /// Our keys per namespace (`{prefix}{namespace}:…`).
     async fn count_namespaces(
         &self,
@@ -369,6 +382,13 @@ impl Store for Backend {
         member_prefix: Option<&str>,
     ) -> Result<u64, CacheError> {
         dispatch_async!(self, s => s.clear_index(index, member_prefix))
+    }
+    async fn clear_tag(
+        &self,
+        index: &str,
+        forget: &(dyn Fn(&str) + Sync),
+    ) -> Result<u64, CacheError> {
+        dispatch_async!(self, s => s.clear_tag(index, forget))
     }
     async fn count_namespaces(
         &self,

@@ -11,14 +11,21 @@
 //!   no envelope: what another service reads with `json.loads` (the shape check then lives
 //!   in the key of decorated functions only).
 //!
+//! - An envelope's payload larger than `CACHE_COMPRESS_ABOVE` is LZ4-compressed when that
+//!   shrinks it (`compress.rs`), flagged in the codec byte.
+//!
 //! A value that does not decode (another codec, another shape, corrupt, foreign) is a miss:
 //! the caller logs it and the next store overwrites it.
 
+mod compress;
 mod integer;
 mod json_fidelity;
 mod python_json;
 
+use std::borrow::Cow;
 use std::fmt;
+
+pub(crate) use self::compress::COMPRESSED;
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -223,14 +230,14 @@ impl CodecKind {
     ) -> Result<(T, Option<u64>), CacheError> {
         match bytes {
             [FORMAT_TIMED, codec, rest @ ..]
-                if bytes.len() >= TIMED_HEADER && *codec == self.id() =>
+                if bytes.len() >= TIMED_HEADER && *codec & !COMPRESSED == self.id() =>
             {
                 if rest[..8] != shape.tag() {
                     return Err(CacheError::ShapeMismatch);
                 }
                 let mut when = [0u8; 8];
                 when.copy_from_slice(&rest[8..16]);
-                let value = self.decode_payload(&bytes[TIMED_HEADER..])?;
+                let value = self.decode_envelope_payload(*codec, &bytes[TIMED_HEADER..])?;
                 Ok((value, Some(u64::from_le_bytes(when))))
             }
             [FORMAT_TIMED, codec, ..] if bytes.len() >= TIMED_HEADER => Err(CacheError::Decode {
@@ -243,6 +250,23 @@ impl CodecKind {
             }),
             _ => self.decode_shaped(bytes, shape).map(|v| (v, None)),
         }
+    }
+
+    /// Decodes an envelope's payload, decompressing it first when `codec_byte` says so.
+    fn decode_envelope_payload<T: DeserializeOwned>(
+        self,
+        codec_byte: u8,
+        payload: &[u8],
+    ) -> Result<T, CacheError> {
+        let payload = if codec_byte & COMPRESSED != 0 {
+            compress::decompress(payload).map_err(|detail| CacheError::Decode {
+                codec: self.name(),
+                detail,
+            })?
+        } else {
+            Cow::Borrowed(payload)
+        };
+        self.decode_payload(&payload)
     }
 
     fn decode_payload<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T, CacheError> {
@@ -293,11 +317,13 @@ impl CodecKind {
             return Ok(value);
         }
         match bytes {
-            [FORMAT_V2, codec, tag @ ..] if bytes.len() >= HEADER && *codec == self.id() => {
+            [FORMAT_V2, codec, tag @ ..]
+                if bytes.len() >= HEADER && *codec & !COMPRESSED == self.id() =>
+            {
                 if tag[..8] != shape.tag() {
                     return Err(CacheError::ShapeMismatch);
                 }
-                self.decode_payload(&bytes[HEADER..])
+                self.decode_envelope_payload(*codec, &bytes[HEADER..])
             }
             [FORMAT_V2, codec, ..] if bytes.len() >= HEADER => Err(decode_err(format!(
                 "envelope codec {codec} is not {} ({})",
@@ -307,6 +333,28 @@ impl CodecKind {
             _ => Err(decode_err("not an envelope of this library".to_owned())),
         }
     }
+}
+
+/// Compresses the payload of an envelope longer than `above` bytes (`0`: never), when
+/// that shrinks it; anything else (integers, `json-plain`, small values) is returned as
+/// it is.
+pub(crate) fn compress_envelope(bytes: Vec<u8>, above: usize) -> Vec<u8> {
+    let header = match bytes.first() {
+        Some(&FORMAT_V2) if bytes.len() >= HEADER => HEADER,
+        Some(&FORMAT_TIMED) if bytes.len() >= TIMED_HEADER => TIMED_HEADER,
+        _ => return bytes,
+    };
+    if above == 0 || bytes.len() - header <= above || bytes[1] & COMPRESSED != 0 {
+        return bytes;
+    }
+    let Some(packed) = compress::compress(&bytes[header..]) else {
+        return bytes;
+    };
+    let mut out = Vec::with_capacity(header + packed.len());
+    out.extend_from_slice(&bytes[..header]);
+    out[1] |= COMPRESSED;
+    out.extend_from_slice(&packed);
+    out
 }
 
 impl Serialize for CodecKind {
@@ -335,6 +383,8 @@ pub enum StoredForm {
         payload_bytes: usize,
         /// When a timed envelope (`fail_safe`, `refresh_ahead`) stops being fresh, Unix ms.
         fresh_until_ms: Option<u64>,
+        /// Whether the payload is LZ4-compressed (`CACHE_COMPRESS_ABOVE`).
+        compressed: bool,
     },
     /// A decimal integer (a counter, or an integer value).
     Integer(i128),
@@ -348,16 +398,18 @@ pub enum StoredForm {
 pub fn stored_form(bytes: &[u8]) -> StoredForm {
     match bytes {
         [FORMAT_V2, codec, ..] if bytes.len() >= HEADER => StoredForm::Envelope {
-            codec: CodecKind::from_id(*codec),
+            codec: CodecKind::from_id(*codec & !COMPRESSED),
             shape_tag: bytes[2..HEADER]
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
             payload_bytes: bytes.len() - HEADER,
             fresh_until_ms: None,
+            compressed: *codec & COMPRESSED != 0,
         },
         [FORMAT_TIMED, codec, ..] if bytes.len() >= TIMED_HEADER => StoredForm::Envelope {
-            codec: CodecKind::from_id(*codec),
+            codec: CodecKind::from_id(*codec & !COMPRESSED),
+            compressed: *codec & COMPRESSED != 0,
             shape_tag: bytes[2..HEADER]
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -488,6 +540,53 @@ mod tests {
         assert!(CodecKind::JsonPlain
             .decode_shaped::<String>(&long, &string_shape)
             .is_err());
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_read_back_by_every_decoder() {
+        let rows: Vec<Metrics> = (0..500)
+            .map(|i| Metrics {
+                total: f64::from(i) * 1.5,
+                name: format!("row-{}", i % 7),
+            })
+            .collect();
+        let shape = shape_of::<Vec<Metrics>>();
+        for codec in [CodecKind::Bincode, CodecKind::Json] {
+            let plain = codec.encode_shaped(&rows, &shape, 1 << 20).unwrap();
+            let packed = compress_envelope(plain.clone(), 1024);
+            assert!(
+                packed.len() < plain.len() / 2,
+                "{codec}: {} of {}",
+                packed.len(),
+                plain.len()
+            );
+            assert!(
+                matches!(stored_form(&packed), StoredForm::Envelope { compressed: true, codec: Some(c), .. } if c == codec)
+            );
+            assert_eq!(
+                codec
+                    .decode_shaped::<Vec<Metrics>>(&packed, &shape)
+                    .unwrap(),
+                rows
+            );
+            // Below the threshold, or off: untouched.
+            assert_eq!(compress_envelope(plain.clone(), plain.len()), plain);
+            assert_eq!(compress_envelope(plain.clone(), 0), plain);
+            let timed = codec.encode_timed(&rows, &shape, 42, 1 << 20).unwrap();
+            let packed = compress_envelope(timed, 1024);
+            let (back, until) = codec.decode_timed::<Vec<Metrics>>(&packed, &shape).unwrap();
+            assert_eq!(until, Some(42));
+            assert_eq!(back, rows);
+            // A corrupted compressed payload is an error (a miss), not a panic.
+            let mut broken = packed.clone();
+            broken.truncate(broken.len() - 3);
+            assert!(codec.decode_timed::<Vec<Metrics>>(&broken, &shape).is_err());
+        }
+        // Integers and bare JSON have no envelope: never compressed.
+        let n = CodecKind::Bincode
+            .encode_shaped(&7u64, &shape_of::<u64>(), 64)
+            .unwrap();
+        assert_eq!(compress_envelope(n.clone(), 0), n);
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_PREFIX: &str = "tradistry";
 /// Default largest encoded value that is stored (`CACHE_MAX_VALUE_BYTES`).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 32 * 1024 * 1024;
+/// Default compression threshold (`CACHE_COMPRESS_ABOVE`): 64 KiB, where LZ4's ~1 ms per
+/// compressible MB is well below the network time it saves.
+pub const DEFAULT_COMPRESS_ABOVE: usize = 64 * 1024;
 /// Default entry bound of the embedded store (`CACHE_MEMORY_MAX_ENTRIES`).
 pub const DEFAULT_MEMORY_MAX_ENTRIES: u64 = 100_000;
 /// Default byte bound of the embedded store (`CACHE_MEMORY_MAX_BYTES`).
@@ -308,6 +311,9 @@ pub struct CacheConfig {
     pub codec: CodecKind,
     /// Largest encoded value that is stored.
     pub max_value_bytes: NonZeroUsize,
+    /// Envelope payloads above this many bytes are compressed when that shrinks them
+    /// (`0`: never).
+    pub compress_above: usize,
     /// The in-process L1 in front of Redis, when enabled (ignored by the embedded store).
     pub l1: Option<L1Config>,
     /// Defaults of decorated functions' resilience options.
@@ -346,6 +352,7 @@ impl Default for CacheConfig {
             codec: CodecKind::default(),
             max_value_bytes: NonZeroUsize::new(DEFAULT_MAX_VALUE_BYTES)
                 .unwrap_or(NonZeroUsize::MIN),
+            compress_above: DEFAULT_COMPRESS_ABOVE,
             l1: None,
             resilience: ResilienceConfig::default(),
         }

@@ -176,9 +176,11 @@ settings! {
     codec: CodecKind = "CACHE_CODEC", value, parse::codec, shown, Value("bincode");
     /// Larger encoded values are not stored (the call still returns).
     max_value_bytes: usize = "CACHE_MAX_VALUE_BYTES", value, parse::size::<1, 536_870_912>, shown, Value("33554432");
-    /// Most entries of the embedded store.
+    /// Envelope payloads larger than this many bytes are LZ4-compressed when that shrinks them (`0`: never). The size limit applies before compression.
+    compress_above: usize = "CACHE_COMPRESS_ABOVE", value, parse::size::<0, 536_870_912>, shown, Value("65536");
+    /// Most entries of the embedded store; past it, the least recently used are evicted (LRU).
     memory_max_entries: u64 = "CACHE_MEMORY_MAX_ENTRIES", value, parse::count::<1, { u64::MAX }>, shown, Value("100000");
-    /// Most bytes of the embedded store.
+    /// Most bytes (keys and values) of the embedded store; past it, the least recently used are evicted (LRU).
     memory_max_bytes: u64 = "CACHE_MEMORY_MAX_BYTES", value, parse::count::<1, { u64::MAX }>, shown, Value("268435456");
     /// An in-process L1 in front of Redis, coherent across processes.
     l1: bool = "CACHE_L1", value, parse::boolean, shown, Value("false");

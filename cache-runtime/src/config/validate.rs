@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::url::parse_url;
 use super::{
     BackendConfig, CacheConfig, CacheConfigBuilder, ClusterMode, L1Config, MemoryConfig,
-    RedisConfig, ResilienceConfig, TlsConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEY_PREFIX,
-    DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL, DEFAULT_LOCK_LEASE,
-    DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES, DEFAULT_MEMORY_MAX_ENTRIES,
-    DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
+    RedisConfig, ResilienceConfig, TlsConfig, DEFAULT_COMPRESS_ABOVE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL,
+    DEFAULT_LOCK_LEASE, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES,
+    DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
 };
 use crate::error::{invalid, ConfigError};
 
@@ -149,6 +149,7 @@ impl CacheConfigBuilder {
             ttl_default,
             codec: self.codec.unwrap_or_default(),
             max_value_bytes,
+            compress_above: self.compress_above.unwrap_or(DEFAULT_COMPRESS_ABOVE),
             l1,
             resilience,
         };

@@ -71,6 +71,8 @@ impl<T: Serialize + DeserializeOwned> Returns<Option<T>> for SomeOnly {
 /// shape (recorded in the value's envelope).
 pub(crate) struct CallKey {
     pub(crate) user: Option<String>,
+    /// The tags the entry is stored with (`tags = [...]`, built from the arguments).
+    pub(crate) tags: Vec<String>,
     pub(crate) hash: Option<ArgsHash>,
     pub(crate) shape: Shape,
 }
@@ -116,12 +118,12 @@ where
         Ok(Entry::Stale(value)) => stale = Some(value),
         Ok(Entry::Missing) => {}
         // The breaker already said so once; don't log every bypassed call.
-        Err(CacheError::Unavailable) => {
+        Err(e) if e.reported_by_breaker() => {
             store = false;
             tracing::debug!(target: "cache_runtime::store", key = %full, "skip: cache bypassed");
         }
         Err(e) => {
-            store = !e.is_connection_fault();
+            store = !e.trips_breaker();
             tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
         }
     }
@@ -155,6 +157,7 @@ where
         bound,
         key: full,
         user: key.user,
+        tags: key.tags,
         shape: key.shape,
         leader,
         lock: None,
@@ -270,6 +273,7 @@ fn refresh_ahead<S, R, Fut, D>(
         bound,
         key: full,
         user: key.user,
+        tags: key.tags,
         shape: key.shape,
         leader: leader.into_owned(Arc::clone(&cache.inner.flights)),
         lock: None,

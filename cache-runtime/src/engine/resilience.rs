@@ -154,6 +154,8 @@ pub(crate) struct Finish {
     pub(crate) bound: BoundRef<'static>,
     pub(crate) key: String,
     pub(crate) user: Option<String>,
+    /// Tags to list the entry under.
+    pub(crate) tags: Vec<String>,
     pub(crate) shape: Shape,
     pub(crate) leader: Leader<'static>,
     /// `(lock key, token)` while this body holds the distributed lock.
@@ -206,12 +208,18 @@ impl Finish {
                 .user
                 .as_deref()
                 .map(|user| cache.keys().user_index_escaped(user));
+            let tags: Vec<String> = self
+                .tags
+                .iter()
+                .map(|t| cache.keys().tag_index(t))
+                .collect();
             // Kept past the TTL for fail-safe; the envelope says when it stops being fresh.
             let write = Write {
                 key: &self.key,
                 value: &bytes,
                 ttl: Some(self.bound.ttl.saturating_add(r.fail_safe)),
                 index: index.as_deref(),
+                tags: &tags,
             };
             if let Err(e) = cache.write(&self.bound.counters, write).await {
                 if matches!(e, CacheError::Unavailable) {

@@ -42,7 +42,8 @@ impl Cache {
         out
     }
 
-    fn forget(&self, scope: Scope<'_>) {
+    /// Forgets what this process holds locally for `scope` (one side of the fence).
+    pub(crate) fn forget(&self, scope: Scope<'_>) {
         let inner = &self.inner;
         match scope {
             Scope::Stored(key) => {
@@ -102,11 +103,13 @@ impl Cache {
         shape: &Shape,
         fresh_until_ms: Option<u64>,
     ) -> Result<Vec<u8>, CacheError> {
-        let limit = self.inner.config.max_value_bytes.get();
+        let config = &self.inner.config;
+        let limit = config.max_value_bytes.get();
         match fresh_until_ms {
             Some(until) => self.codec().encode_timed(value, shape, until, limit),
             None => self.codec().encode_shaped(value, shape, limit),
         }
+        .map(|bytes| crate::codec::compress_envelope(bytes, config.compress_above))
         .inspect_err(|e| {
             counters.error();
             tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
@@ -144,13 +147,16 @@ impl Cache {
         (value, shape): (&T, &Shape),
         ttl: Option<Duration>,
         index: Option<&str>,
+        tags: &[String],
     ) -> Result<(), CacheError> {
         let value = self.encode(counters, key, value, shape)?;
+        let tags: Vec<String> = tags.iter().map(|t| self.keys().tag_index(t)).collect();
         let write = Write {
             key,
             value: &value,
             ttl,
             index,
+            tags: &tags,
         };
         self.write(counters, write).await
     }

@@ -135,7 +135,8 @@ async fn all_rows(sizes: &'static Sizes) -> Result<Vec<Row>, String> {
     rows.push(standalone::l1_hits(&b, redis_p50).await?);
     stage("c, d, e");
     rows.push(standalone::clear_user(sizes).await?);
-    stage("f");
+    rows.push(standalone::invalidate_tag(sizes).await?);
+    stage("f, k");
     rows.extend(cluster::rows(&b).await?);
     stage("g, h, i");
     rows.extend(standalone::large_values(&b).await?);

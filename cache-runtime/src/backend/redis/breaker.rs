@@ -1,5 +1,6 @@
-//! Circuit breaker: after repeated connection faults, calls stop paying the socket timeout
-//! and fail fast, while one probe at a time checks whether Redis is back.
+//! Circuit breaker: after repeated connection faults, or at once after a lasting one
+//! (refused credentials, a failed TLS handshake), calls stop paying for Redis and fail
+//! fast, while one probe at a time checks whether Redis is back.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -64,14 +65,32 @@ impl Breaker {
         self.open_until_ms.load(Ordering::Acquire) != 0
     }
 
-    pub(crate) fn success(&self, permit: &Permit) {
+    /// Records a request that reached Redis; whether that closed the circuit.
+    pub(crate) fn success(&self, permit: &Permit) -> bool {
         self.failures.store(0, Ordering::Release);
-        if self.open_until_ms.swap(0, Ordering::AcqRel) != 0 {
+        let closed = self.open_until_ms.swap(0, Ordering::AcqRel) != 0;
+        if closed {
             tracing::info!(target: "cache_runtime::connection", "Redis answers again; caching resumes");
         }
         if *permit == Permit::Probe {
             self.probing.store(false, Ordering::Release);
         }
+        closed
+    }
+
+    /// Records a fault that will not go away by itself (refused credentials, a failed TLS
+    /// handshake): opens the circuit at once, since the next requests would only fail the
+    /// same way. Whether it was closed until now (the caller logs the cause then).
+    pub(crate) fn trip(&self, permit: &Permit) -> bool {
+        self.failures.fetch_max(FAILURE_THRESHOLD, Ordering::AcqRel);
+        let was_open = self
+            .open_until_ms
+            .swap(self.now_ms() + Self::interval_ms(), Ordering::AcqRel)
+            != 0;
+        if *permit == Permit::Probe {
+            self.probing.store(false, Ordering::Release);
+        }
+        !was_open
     }
 
     /// Records a connection fault (not a server-side error like WRONGTYPE).
@@ -132,6 +151,25 @@ mod tests {
         assert_eq!(probe, Permit::Probe);
         assert_eq!(b.permit(), None, "only one probe at a time");
         b.success(&probe);
+        assert!(!b.is_open());
+        assert_eq!(b.permit(), Some(Permit::Normal));
+    }
+
+    #[test]
+    fn a_lasting_fault_opens_at_once_and_a_successful_probe_closes() {
+        let b = aged();
+        let p = b.permit().unwrap();
+        assert!(b.trip(&p), "opened by this fault");
+        assert!(b.is_open());
+        assert_eq!(b.permit(), None, "fails fast while open");
+        b.open_until_ms.store(1, Ordering::Release);
+        let probe = b.permit().unwrap();
+        assert_eq!(probe, Permit::Probe);
+        assert!(!b.trip(&probe), "already open");
+        assert_eq!(b.permit(), None, "the failed probe reopened it");
+        b.open_until_ms.store(1, Ordering::Release);
+        let probe = b.permit().unwrap();
+        assert!(b.success(&probe), "closed by this probe");
         assert!(!b.is_open());
         assert_eq!(b.permit(), Some(Permit::Normal));
     }

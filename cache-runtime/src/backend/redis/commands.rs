@@ -39,6 +39,35 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Lists `key` in `index` (a user index or a tag's set): a sorted set scored by expiry (ms
+/// since the epoch), so members whose keys have expired are pruned on the next write
+/// instead of piling up. Pruning lags by [`PRUNE_GRACE_MS`] so that clock skew between
+/// application servers can never drop a member whose key is still alive. The index lives
+/// as long as its longest-lived key.
+fn add_to_index(
+    pipe: &mut redis::Pipeline,
+    index: &str,
+    key: &str,
+    ttl: Option<Duration>,
+    now: u64,
+) {
+    let score = ttl.map_or(f64::INFINITY, |t| (now + duration_ms(t)) as f64);
+    pipe.cmd("ZADD").arg(index).arg(score).arg(key).ignore();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(index)
+        .arg("-inf")
+        .arg(format!("({}", now.saturating_sub(PRUNE_GRACE_MS)))
+        .ignore();
+    if let Some(ttl) = ttl {
+        // NX: the first set; GT: a longer-lived key.
+        let ms = duration_ms(ttl);
+        pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("NX").ignore();
+        pipe.cmd("PEXPIRE").arg(index).arg(ms).arg("GT").ignore();
+    } else {
+        pipe.cmd("PERSIST").arg(index).ignore();
+    }
+}
+
 /// A SCAN in progress (see `RedisBackend::scanner`).
 struct Scan {
     pattern: Option<String>,
@@ -330,6 +359,7 @@ impl Store for RedisBackend {
             value,
             ttl,
             index,
+            tags,
         } = write;
         let mut pipe = redis::pipe();
         let set = pipe.cmd("SET").arg(key).arg(value);
@@ -338,51 +368,28 @@ impl Store for RedisBackend {
         }
         set.ignore();
         self.announce_keys(&mut pipe, [key]).await?;
-        let Some(index) = index else {
+        if index.is_none() && tags.is_empty() {
             return self.query_pipe::<()>(&pipe).await;
-        };
-        // A sorted set scored by expiry (ms since the epoch), so members whose keys have
-        // expired are pruned on the next write instead of piling up with the user's
-        // history. Pruning lags by PRUNE_GRACE so that clock skew between application
-        // servers can never drop a member whose key is still alive.
-        let mut indexing = redis::pipe();
+        }
+        // One round trip, unless a cluster keeps an index in another slot (a tag's set,
+        // or a user index in the seed's layout, `json-plain`): then the value first, and
+        // each index elsewhere after it, concurrently.
         let now = unix_ms();
-        let score = ttl.map_or(f64::INFINITY, |t| (now + duration_ms(t)) as f64);
-        indexing.cmd("ZADD").arg(index).arg(score).arg(key).ignore();
-        indexing
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(index)
-            .arg("-inf")
-            .arg(format!("({}", now.saturating_sub(PRUNE_GRACE_MS)))
-            .ignore();
-        if let Some(ttl) = ttl {
-            // The index lives as long as its longest-lived key (NX: first set, GT: longer).
-            let ms = duration_ms(ttl);
-            indexing
-                .cmd("PEXPIRE")
-                .arg(index)
-                .arg(ms)
-                .arg("NX")
-                .ignore();
-            indexing
-                .cmd("PEXPIRE")
-                .arg(index)
-                .arg(ms)
-                .arg("GT")
-                .ignore();
-        } else {
-            indexing.cmd("PERSIST").arg(index).ignore();
+        let mut elsewhere = Vec::new();
+        for index in index.into_iter().chain(tags.iter().map(String::as_str)) {
+            if self.cluster().is_some() && hash_tag(key) != hash_tag(index) {
+                let mut own = redis::pipe();
+                add_to_index(&mut own, index, key, ttl, now);
+                elsewhere.push(own);
+            } else {
+                add_to_index(&mut pipe, index, key, ttl, now);
+            }
         }
-        // One round trip, unless a cluster keeps them in two slots (the seed's layout,
-        // `json-plain`, has no hash tag): then the value first, its index entry after.
-        if self.cluster().is_some() && hash_tag(key) != hash_tag(index) {
-            self.query_pipe::<()>(&pipe).await?;
-            return self.query_pipe::<()>(&indexing).await;
-        }
-        for cmd in indexing.cmd_iter() {
-            pipe.add_command(cmd.clone()).ignore();
-        }
-        self.query_pipe::<()>(&pipe).await
+        self.query_pipe::<()>(&pipe).await?;
+        let added =
+            futures_util::future::join_all(elsewhere.iter().map(|own| self.query_pipe::<()>(own)))
+                .await;
+        added.into_iter().collect()
     }
 
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
@@ -528,6 +535,42 @@ impl Store for RedisBackend {
                         }
                     }
                 }
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// ZSCAN the tag's set page by page: the members may live in any slot, so each page
+    /// is UNLINKed through the cluster connection (split by slot), then removed from the
+    /// set and announced.
+    async fn clear_tag(
+        &self,
+        index: &str,
+        forget: &(dyn Fn(&str) + Sync),
+    ) -> Result<u64, CacheError> {
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let mut scan = redis::cmd("ZSCAN");
+            scan.arg(index).arg(cursor).arg("COUNT").arg(BATCH);
+            // ZSCAN replies member, score, member, score, ...
+            let (next, pairs): (u64, Vec<String>) = self.query(&scan).await?;
+            let keys: Vec<String> = pairs.into_iter().step_by(2).collect();
+            if !keys.is_empty() {
+                keys.iter().for_each(|k| forget(k));
+                let n: u64 = self.query(redis::cmd("UNLINK").arg(&keys)).await?;
+                deleted += n;
+                self.query::<()>(redis::cmd("ZREM").arg(index).arg(&keys))
+                    .await?;
+                // One announcement for the page: a cluster delivers a PUBLISH to every
+                // node, so its channel need not follow the keys' slots.
+                let mut pipe = redis::pipe();
+                self.pubsub
+                    .announce_keys(&mut pipe, keys.iter().map(String::as_str), false);
+                self.query_pipe::<()>(&pipe).await?;
             }
             if next == 0 {
                 return Ok(deleted);

@@ -7,12 +7,17 @@
 //! host and port.
 
 use std::error::Error as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::error::CacheError;
+use crate::error::{AuthCause, CacheError};
+
+/// How long the check for plain Redis on a TLS port may take (connect, PING, reply).
+const PLAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a classification needs to know about the connection.
 #[derive(Clone)]
@@ -22,6 +27,11 @@ pub(crate) struct Classifier {
     port: u16,
     tls: bool,
     socket_timeout: Duration,
+    /// Set when the server refused our credentials. A `ConnectionManager` whose connect
+    /// failed authentication keeps that failed connect and answers every later request
+    /// with it (it reconnects only after I/O errors), so it would never notice that the
+    /// password works again: the pool replaces its connections when it sees this.
+    credentials_refused: Arc<AtomicBool>,
 }
 
 impl Classifier {
@@ -38,11 +48,24 @@ impl Classifier {
             port,
             tls,
             socket_timeout,
+            credentials_refused: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    pub(crate) fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether the server refused our credentials since the last call (see
+    /// `credentials_refused`).
+    pub(crate) fn take_credentials_refused(&self) -> bool {
+        // A load first: the common case (nothing refused) writes nothing.
+        self.credentials_refused.load(Ordering::Relaxed)
+            && self.credentials_refused.swap(false, Ordering::AcqRel)
     }
 
     /// The server error codes of an error (every reply's, for a pipeline).
@@ -62,14 +85,21 @@ impl Classifier {
     pub(crate) fn classify(&self, e: &RedisError) -> CacheError {
         let codes = Self::codes(e);
         let has = |code: &str| codes.iter().any(|c| c == code);
+        // AuthenticationFailed: AUTH (or HELLO AUTH) refused while connecting;
+        // WRONGPASS: "invalid username-password pair or user is disabled"; NOAUTH: no
+        // credentials given to a server that needs them.
         if e.kind() == ErrorKind::AuthenticationFailed || has("WRONGPASS") || has("NOAUTH") {
+            self.credentials_refused.store(true, Ordering::Release);
             return CacheError::Auth {
                 detail: e.to_string(),
+                cause: AuthCause::Credentials,
             };
         }
+        // An ACL refusing one command or key: the connection and other requests work.
         if has("NOPERM") || e.kind() == ErrorKind::Server(ServerErrorKind::NoPerm) {
             return CacheError::Auth {
                 detail: e.to_string(),
+                cause: AuthCause::Permission,
             };
         }
         if has("WRONGTYPE") {
@@ -107,16 +137,60 @@ impl Classifier {
         }
     }
 
+    /// The error for a TLS port that answered a plain-text `PING` the way plain Redis
+    /// does, or `None` when it did not (a TLS server ignores it or answers with an alert;
+    /// an unreachable one cannot answer).
+    ///
+    /// Why a check of our own: plain Redis reads a TLS ClientHello as the start of an
+    /// inline command and waits for its end of line, which never comes, so the handshake
+    /// only ever times out, and a timeout alone cannot tell a plain port from a slow
+    /// network. The reply to a `PING` can: `+PONG`, or an error such as `-NOAUTH` or
+    /// `-DENIED`, is plain RESP, which no TLS server sends.
+    pub(crate) async fn plain_redis_on_tls_port(&self) -> Option<CacheError> {
+        let check = async {
+            let mut stream = tokio::net::TcpStream::connect((&*self.host, self.port))
+                .await
+                .ok()?;
+            stream.write_all(b"PING\r\n").await.ok()?;
+            let mut reply = [0u8; 128];
+            let mut len = 0;
+            // Until an end of line, the buffer is full, or the server closes.
+            while len < reply.len() {
+                let n = stream.read(&mut reply[len..]).await.ok()?;
+                if n == 0 {
+                    break;
+                }
+                len += n;
+                if reply[..len].windows(2).any(|w| w == b"\r\n") {
+                    break;
+                }
+            }
+            Some(is_plain_reply(&reply[..len]))
+        };
+        let plain = tokio::time::timeout(PLAIN_CHECK_TIMEOUT, check)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+        plain.then(|| CacheError::Tls {
+            endpoint: self.endpoint.to_string(),
+            detail: "the port serves plain Redis, not TLS: it answered a plain-text PING; use a redis:// URL (and REDIS_SSL=false), or the server's TLS port".to_owned(),
+        })
+    }
+
     /// A connect that timed out: with TLS on, a server that accepts TCP but never answers
     /// the handshake is most likely plain Redis on this port.
     pub(crate) async fn connect_timed_out(&self, timeout: Duration) -> CacheError {
         if self.tls {
+            if let Some(plain) = self.plain_redis_on_tls_port().await {
+                return plain;
+            }
             let probe = tokio::net::TcpStream::connect((&*self.host, self.port));
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(PLAIN_CHECK_TIMEOUT, probe).await {
                 return CacheError::Tls {
                     endpoint: self.endpoint.to_string(),
                     detail: format!(
-                        "TCP connected but the TLS handshake got no answer within {timeout:?}: the port serves plain Redis, not TLS; use a redis:// URL, or the server's TLS port"
+                        "TCP connected but the TLS handshake got no answer within {timeout:?}: is this port plain Redis (then use a redis:// URL) or a TLS port behind a slow network (then raise REDIS_SOCKET_CONNECT_TIMEOUT)?"
                     ),
                 };
             }
@@ -126,6 +200,12 @@ impl Classifier {
             detail: format!("no connection within REDIS_SOCKET_CONNECT_TIMEOUT ({timeout:?})"),
         }
     }
+}
+
+/// Whether a reply to `PING` is plain RESP: a simple string (`+PONG`) or an error
+/// (`-NOAUTH …`, `-DENIED …`), ending its line. A TLS server's alert starts with 0x15.
+fn is_plain_reply(reply: &[u8]) -> bool {
+    matches!(reply.first(), Some(b'+' | b'-')) && reply.windows(2).any(|w| w == b"\r\n")
 }
 
 /// The rustls error behind a failed handshake, when the driver kept it.

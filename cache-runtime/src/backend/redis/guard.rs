@@ -1,19 +1,29 @@
 //! The request guard: every Redis request runs under one timer (`REDIS_SOCKET_TIMEOUT`,
-//! which also covers waiting for a connection) and the circuit breaker, and its connection
-//! faults are remembered for health reports.
+//! which also covers waiting for a connection) and the circuit breaker, and its faults are
+//! remembered for health reports.
+//!
+//! Two kinds of fault open the breaker: connection faults (refused, reset, timeout), after
+//! several in a row, since they may pass; and lasting ones (refused credentials, a failed
+//! TLS handshake), at once, since every request fails the same way until the
+//! configuration or the server changes. While a lasting fault keeps the breaker open,
+//! bypassed requests fail with that fault, so that manual operations, health and
+//! `cachectl` name the cause rather than "temporarily bypassed".
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use super::breaker::{Breaker, Permit};
+use super::breaker::{Breaker, Permit, PROBE_INTERVAL};
 use crate::error::CacheError;
 
 pub(crate) struct Guard {
     breaker: Breaker,
     socket_timeout: Duration,
-    /// The last connection fault, for health reports while the breaker hides it.
+    /// The last fault that fed the breaker, for health reports while the breaker hides it.
     last_fault: Mutex<Option<String>>,
+    /// The lasting fault that holds the breaker open, if that is why it is open: the
+    /// answer to bypassed requests.
+    lasting: Mutex<Option<CacheError>>,
 }
 
 /// Releases a probe if the caller's timeout drops the request half-way.
@@ -33,7 +43,46 @@ impl Guard {
             breaker: Breaker::default(),
             socket_timeout,
             last_fault: Mutex::new(None),
+            lasting: Mutex::new(None),
         }
+    }
+
+    /// The answer to a request the open breaker bypasses: the lasting fault that keeps it
+    /// open, else [`CacheError::Unavailable`].
+    fn bypassed(&self) -> CacheError {
+        self.lasting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(CacheError::lasting_copy)
+            .unwrap_or(CacheError::Unavailable)
+    }
+
+    /// Feeds a fault to the breaker and remembers it.
+    fn fault(&self, permit: &Permit, e: &CacheError) {
+        let lasting = e.lasting_copy();
+        let mut held = self.lasting.lock().unwrap_or_else(PoisonError::into_inner);
+        if lasting.is_some() {
+            let opened = self.breaker.trip(permit);
+            // The only report of it (calls, and the requests it bypasses, stay quiet): when
+            // it opens the breaker, or takes over from a passing fault that had opened it
+            // (a server restarted with a new password: unreachable, then refusing).
+            if opened || held.is_none() {
+                tracing::warn!(
+                    target: "cache_runtime::connection",
+                    error = %e,
+                    "Redis refuses this client until its configuration or the server changes: bypassing the cache, retrying every {PROBE_INTERVAL:?}"
+                );
+            }
+        } else {
+            self.breaker.failure(permit);
+        }
+        *held = lasting;
+        drop(held);
+        *self
+            .last_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
     }
 
     /// Whether calls currently bypass Redis after repeated failures.
@@ -41,16 +90,17 @@ impl Guard {
         self.breaker.is_open()
     }
 
-    /// The last connection fault seen (message only; never credentials).
+    /// The last fault that fed the breaker (message only; never credentials).
     pub(crate) fn last_fault(&self) -> Option<String> {
         self.last_fault
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Runs a request: connection faults count toward the breaker, server replies (even
-    /// errors like WRONGTYPE) prove the connection works.
+    /// Runs a request: connection faults and refused credentials count toward the breaker,
+    /// other server replies (even errors like WRONGTYPE or NOPERM) prove the connection
+    /// works.
     pub(crate) async fn run<T, F>(&self, request: F) -> Result<T, CacheError>
     where
         F: Future<Output = Result<T, CacheError>>,
@@ -70,7 +120,7 @@ impl Guard {
             // Failing fast never waits: give the scheduler its turn now and then, or a
             // loop of calls would hog its worker thread while the breaker is open.
             tokio::task::consume_budget().await;
-            return Err(CacheError::Unavailable);
+            return Err(self.bypassed());
         };
         let mut guard = Abandon(&self.breaker, Some(permit));
         let result = match tokio::time::timeout(self.socket_timeout, request).await {
@@ -80,14 +130,12 @@ impl Guard {
         if let Some(permit) = guard.1.take() {
             match &result {
                 Err(CacheError::Unavailable) => self.breaker.abandon(&permit),
-                Err(e) if e.is_connection_fault() => {
-                    self.breaker.failure(&permit);
-                    *self
-                        .last_fault
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+                Err(e) if e.trips_breaker() => self.fault(&permit, e),
+                _ => {
+                    if self.breaker.success(&permit) {
+                        *self.lasting.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    }
                 }
-                _ => self.breaker.success(&permit),
             }
         }
         result

@@ -29,6 +29,11 @@ const STALL_AFTER: Duration = Duration::from_millis(2);
 const STALL_RTTS: u64 = 8;
 /// A lane this busy gets a sibling even when it makes progress.
 const GROW_AT_IN_FLIGHT: usize = 128;
+/// With TLS on, a connect still running after this long checks whether the port serves
+/// plain Redis (which never answers a ClientHello: the handshake would only time out). A
+/// handshake with a TLS server takes a few round trips, well below this even from far
+/// away; a TLS server that gets the check meanwhile just refuses one more connection.
+const PLAIN_CHECK_AFTER: Duration = Duration::from_millis(250);
 
 pub(super) struct Lane {
     pub(super) conn: ConnectionManager,
@@ -115,6 +120,9 @@ pub(super) struct Pool {
     epoch: Instant,
     /// Moving average of request durations, in microseconds.
     rtt_us: AtomicU64,
+    /// The last connect found plain Redis on this TLS port: the next one checks that
+    /// first, so the breaker's probes pay a round trip, not [`PLAIN_CHECK_AFTER`].
+    plain_port: AtomicBool,
 }
 
 impl Pool {
@@ -134,6 +142,7 @@ impl Pool {
             connect_done: tokio::sync::Notify::new(),
             epoch: Instant::now(),
             rtt_us: AtomicU64::new(0),
+            plain_port: AtomicBool::new(false),
         }
     }
 
@@ -174,19 +183,39 @@ impl Pool {
             .set_max_delay(Duration::from_millis(500))
     }
 
+    /// Resolves with a TLS error if the port turns out to serve plain Redis (see
+    /// `PLAIN_CHECK_AFTER`); never resolves otherwise, or without TLS.
+    async fn plain_port_check(&self) -> CacheError {
+        if self.classifier.tls() {
+            if !self.plain_port.load(Ordering::Acquire) {
+                tokio::time::sleep(PLAIN_CHECK_AFTER.min(self.connect_timeout / 2)).await;
+            }
+            let found = self.classifier.plain_redis_on_tls_port().await;
+            self.plain_port.store(found.is_some(), Ordering::Release);
+            if let Some(e) = found {
+                return e;
+            }
+        }
+        std::future::pending().await
+    }
+
     async fn open_lane(&self) -> Result<Arc<Lane>, CacheError> {
         let connect =
             ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
         // The driver bounds each attempt; this bounds the whole, retries included.
-        let conn = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(self.classifier.classify(&e)),
-            Err(_) => {
-                return Err(self
-                    .classifier
-                    .connect_timed_out(self.connect_timeout)
-                    .await)
-            }
+        let connect = tokio::time::timeout(self.connect_timeout, connect);
+        let conn = tokio::select! {
+            connected = connect => match connected {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(self.classifier.classify(&e)),
+                Err(_) => {
+                    return Err(self
+                        .classifier
+                        .connect_timed_out(self.connect_timeout)
+                        .await)
+                }
+            },
+            plain = self.plain_port_check() => return Err(plain),
         };
         let runtime_alive = Arc::new(AtomicBool::new(true));
         let watch = RuntimeAlive(Arc::clone(&runtime_alive));
@@ -267,6 +296,17 @@ impl Pool {
         };
         match task.await {
             Ok(Ok(lane)) => Ok(lane),
+            // A lasting fault (refused credentials, TLS) is reported once, by the request
+            // guard, when it opens the breaker: not again by every probe's connect.
+            Ok(Err(e)) if e.is_lasting() => {
+                tracing::debug!(
+                    target: "cache_runtime::connection",
+                    endpoint = %self.classifier.endpoint(),
+                    error = %e,
+                    "cannot connect to Redis"
+                );
+                Err(e)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(
                     target: "cache_runtime::connection",
@@ -292,6 +332,13 @@ impl Pool {
     /// The least-loaded lane that is not stalled (any lane if all are), and whether the
     /// pool should grow.
     fn pick(&self) -> Option<(Arc<Lane>, bool)> {
+        if self.classifier.take_credentials_refused() && !self.lanes.load().is_empty() {
+            // Their connects failed authentication for good (see `Classifier`): fresh
+            // connections authenticate again, so the breaker's probe can find out when the
+            // password works.
+            self.close();
+            tracing::debug!(target: "cache_runtime::connection", "credentials refused: replacing the connections");
+        }
         let mut lanes = self.lanes.load();
         if lanes.iter().any(|l| !l.alive()) {
             self.lanes.rcu(|lanes| {

@@ -118,6 +118,17 @@ fn refusal(e: &RedisError) -> bool {
     }
 }
 
+/// Whether a failed connect is the server refusing RESP3 (`HELLO 3` unknown, or denied by
+/// an ACL). Other replies to the handshake are about this connection, not about tracking
+/// (`ERR max number of clients reached`, a wrong password): retried, never a fallback for
+/// the listener's lifetime.
+fn refusal_at_connect(e: &RedisError) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::RESP3NotSupported | ErrorKind::Server(ServerErrorKind::NoPerm)
+    )
+}
+
 fn timed_out() -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
@@ -237,7 +248,16 @@ async fn enable(shared: &Shared, conn: &mut MultiplexedConnection) -> Result<(),
 }
 
 fn lost_or_refused(what: &str, e: &RedisError) -> Outcome {
-    if refusal(e) {
+    lost_unless(refusal(e), what, e)
+}
+
+/// [`lost_or_refused`] for a failed connect.
+fn lost_or_refused_at_connect(what: &str, e: &RedisError) -> Outcome {
+    lost_unless(refusal_at_connect(e), what, e)
+}
+
+fn lost_unless(refused: bool, what: &str, e: &RedisError) -> Outcome {
+    if refused {
         Outcome::Refused(format!("{what}: {e}"))
     } else {
         tracing::debug!(target: "cache_runtime::connection", error = %e, "L1 tracking: {what} failed");
@@ -288,7 +308,7 @@ async fn session(
         Err(e) => {
             // Another seed next time.
             *next_seed = next_seed.wrapping_add(1);
-            return lost_or_refused("connect", &e);
+            return lost_or_refused_at_connect("connect", &e);
         }
     };
     let mut conns = Vec::new();
@@ -320,13 +340,17 @@ async fn session(
                     node.tls.is_some(),
                     node.socket_timeout,
                 );
+                // `true` with an error: it came from the connect (see `refusal_at_connect`).
                 let result = async {
                     let client = client::build_client(&node, &classifier)
                         .map_err(|e| RedisError::from(std::io::Error::other(e.to_string())))
-                        .and_then(|c| resp3(&c))?;
-                    let mut conn = connect(&node, &client, node_tx).await?;
-                    enable(shared, &mut conn).await?;
-                    Ok::<_, RedisError>(conn)
+                        .and_then(|c| resp3(&c))
+                        .map_err(|e| (true, e))?;
+                    let mut conn = connect(&node, &client, node_tx)
+                        .await
+                        .map_err(|e| (true, e))?;
+                    enable(shared, &mut conn).await.map_err(|e| (false, e))?;
+                    Ok::<_, (bool, RedisError)>(conn)
                 }
                 .await;
                 (addr, *serves, result)
@@ -338,11 +362,20 @@ async fn session(
         for (addr, serves, result) in opened {
             match result {
                 Ok(conn) => conns.push(conn),
-                // A primary without slots holds no key: tracked when it can be.
-                Err(e) if !serves && !refusal(&e) => {
-                    tracing::debug!(target: "cache_runtime::connection", node = %addr, error = %e, "L1 tracking: a primary without slots is unreachable");
+                Err((at_connect, e)) => {
+                    let what = format!("tracking on {addr}");
+                    let outcome = if at_connect {
+                        lost_or_refused_at_connect(&what, &e)
+                    } else {
+                        lost_or_refused(&what, &e)
+                    };
+                    // A primary without slots holds no key: tracked when it can be.
+                    if !serves && matches!(outcome, Outcome::Lost) {
+                        tracing::debug!(target: "cache_runtime::connection", node = %addr, error = %e, "L1 tracking: a primary without slots is unreachable");
+                        continue;
+                    }
+                    return outcome;
                 }
-                Err(e) => return lost_or_refused(&format!("tracking on {addr}"), &e),
             }
         }
         if conns.is_empty() {
@@ -524,6 +557,20 @@ mod tests {
         assert!(refusal(&(ErrorKind::RESP3NotSupported, "old").into()));
         assert!(!refusal(&timed_out()));
         assert!(!refusal(&(ErrorKind::Io, "reset").into()));
+        // At connect, only RESP3 itself being refused counts: a full server or a wrong
+        // password is retried, never a fallback for the listener's lifetime.
+        assert!(refusal_at_connect(&nop));
+        assert!(refusal_at_connect(
+            &(ErrorKind::RESP3NotSupported, "old").into()
+        ));
+        let full: RedisError = (
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "max number of clients reached",
+        )
+            .into();
+        assert!(refusal(&full), "a refusal of CLIENT TRACKING");
+        assert!(!refusal_at_connect(&full), "not a refusal of tracking");
+        assert!(!refusal_at_connect(&timed_out()));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Rows on the standalone server: hits (a, b), misses (c), stampede (d), L1 (e), user
-//! clearing (f, its own server) and large values (j).
+//! clearing (f, its own server), large values (j) and tag invalidation (k, its own server).
 
 use std::time::{Duration, Instant};
 
@@ -269,17 +269,30 @@ pub async fn l1_hits(b: &Bench, redis_p50: Duration) -> Result<Row, String> {
     let cache = l1_cache(b, s.seq_keys).await?;
     let Checked {
         value: mut run,
-        problems,
+        mut problems,
         ..
     } = l1_run(&cache, s.seq_calls, s.seq_keys).await?;
+    // How the L1 was kept coherent (health's `l1_mode`): Redis 7 allows client tracking,
+    // the default, whose hits must cost no more than the pub/sub mode's 0.8 µs (issue 13).
+    let mode = cache.health().await.l1_mode.unwrap_or("none");
+    if mode != "tracking" {
+        problems.push(format!("the L1 ran in mode {mode}, not tracking"));
+    }
     let p50 = run.samples.stats().p50;
     let target = Duration::from_nanos(500);
+    let tracking_target = Duration::from_nanos(800);
     Ok(Row::new(
-        "e. L1 hits (`CACHE_L1=true`) p50, vs our Redis hit (a)",
+        format!("e. L1 hits (`CACHE_L1=true`, l1_mode {mode}) p50, vs our Redis hit (a)"),
         us(p50),
         us(redis_p50),
         Some(ratio(p50, redis_p50)),
-        Goal::Own("≤ 0.5 µs".to_owned(), p50 <= target),
+        Goal::Own(
+            format!(
+                "≤ 0.5 µs (≤ 0.8 µs with tracking: {})",
+                if p50 <= tracking_target { "yes" } else { "NO" }
+            ),
+            p50 <= target,
+        ),
         problems,
     ))
 }
@@ -355,6 +368,78 @@ pub async fn clear_user(s: &'static Sizes) -> Result<Row, String> {
     ))
 }
 
+/// k. `invalidate_tag` of a tag with `user_keys` entries among `other_keys` others (own
+/// server), against finding the same entries by SCAN MATCH on their shared prefix.
+pub async fn invalidate_tag(s: &'static Sizes) -> Result<Row, String> {
+    let server = blocking("starting redis-server", RedisServer::plain).await?;
+    let url = server.url();
+    let mut admin = raw_connection(&url, ADMIN_TIMEOUT).await?;
+    redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(s.other_keys)
+        .arg("other")
+        .query_async::<()>(&mut admin)
+        .await
+        .map_err(|e| format!("DEBUG POPULATE: {e}"))?;
+    let cache = connected_cache(&url, false, "standalone").await?;
+    // Two namespaces with the same keys: one tagged (ours), one found by SCAN (baseline).
+    let tagged = cache
+        .namespace("tagbench")
+        .map_err(|e| format!("namespace: {e}"))?
+        .with_tags(["trades:bench_user_0"]);
+    let scanned = cache
+        .namespace("scanbench")
+        .map_err(|e| format!("namespace: {e}"))?;
+    for i in 0..s.user_keys {
+        let key = format!("item{i}");
+        tagged
+            .set(&key, &i, None)
+            .await
+            .map_err(|e| format!("set: {e}"))?;
+        scanned
+            .set(&key, &i, None)
+            .await
+            .map_err(|e| format!("set: {e}"))?;
+    }
+    let mut problems = Vec::new();
+    let ledger = Ledger::open(&[("ours", &cache)]);
+    let start = Instant::now();
+    let invalidated = cache.invalidate_tag("trades:bench_user_0").await;
+    let ours = start.elapsed();
+    match invalidated {
+        Ok(n) if n == s.user_keys as u64 => {}
+        Ok(n) => problems.push(format!("invalidate_tag removed {n}, not {}", s.user_keys)),
+        Err(e) => problems.push(format!("invalidate_tag failed: {e}")),
+    }
+    ledger.close(Expect::healthy(), &mut problems).await;
+    let start = Instant::now();
+    let found = scan_and_unlink(&mut admin, "tradistry:scanbench:*").await?;
+    let scan = start.elapsed();
+    if found != s.user_keys {
+        problems.push(format!(
+            "SCAN MATCH found {found} keys, not {}",
+            s.user_keys
+        ));
+    }
+    let left = dbsize(&mut admin).await?;
+    // The other keys only: the tag's set goes with its last member.
+    if left != s.other_keys {
+        problems.push(format!("{left} keys left, expected {}", s.other_keys));
+    }
+    Ok(Row::new(
+        format!(
+            "k. `invalidate_tag`, {} entries among {} others",
+            s.user_keys,
+            count(s.other_keys)
+        ),
+        ms(ours),
+        format!("{} (SCAN MATCH + UNLINK)", ms(scan)),
+        Some(ratio(ours, scan)),
+        Goal::Own("≤ 5 ms".to_owned(), ours <= Duration::from_millis(5)),
+        problems,
+    ))
+}
+
 /// The seed's way of clearing a user: SCAN the keyspace with MATCH, UNLINK what it finds.
 async fn scan_and_unlink(
     conn: &mut redis::aio::MultiplexedConnection,
@@ -405,7 +490,111 @@ pub async fn large_values(b: &Bench) -> Result<Vec<Row>, String> {
     rows.push(large_hit(b, &measure, &bytes, &raw_bytes).await?);
     let measure = format!("j. one {mb} `String` hit, p50");
     rows.push(large_hit(b, &measure, &text, &raw_text).await?);
+    rows.push(compression(b).await?);
     Ok(rows)
+}
+
+/// A trade as an API returns it: the realistic, JSON-like value of row l.
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+struct Trade {
+    id: u64,
+    symbol: String,
+    side: String,
+    price: f64,
+    quantity: u32,
+    venue: String,
+    note: Option<String>,
+}
+
+fn trades(n: u64) -> Vec<Trade> {
+    (0..n)
+        .map(|i| Trade {
+            id: 1_000_000 + i,
+            symbol: ["AAPL", "MSFT", "NVDA", "TSLA"][(i % 4) as usize].to_owned(),
+            side: if i % 3 == 0 { "sell" } else { "buy" }.to_owned(),
+            price: 100.0 + (i % 997) as f64 * 0.25,
+            quantity: (i % 50) as u32 * 10,
+            venue: "XNAS".to_owned(),
+            note: (i % 10 == 0).then(|| format!("rebalance batch {}", i / 10)),
+        })
+        .collect()
+}
+
+/// l. Compression (`CACHE_COMPRESS_ABOVE`, default 64 KiB) of a JSON-like value: bytes in
+/// Redis and write + hit time, against the same cache type with compression off.
+async fn compression(b: &Bench) -> Result<Row, String> {
+    let zipped = {
+        let config = cache_runtime::CacheConfig::builder()
+            .url(&b.url)
+            .build()
+            .map_err(|e| format!("cache configuration: {e}"))?;
+        crate::setup::checked(
+            Cache::new(config).map_err(|e| format!("cache: {e}"))?,
+            "standalone",
+        )
+        .await?
+    };
+    let n = (b.sizes.large_len / 100).max(1_000) as u64;
+    let value = trades(n);
+    let mut problems = Vec::new();
+    let time = |cache: &Cache, key: &'static str| {
+        let cache = cache.clone();
+        let value = &value;
+        async move {
+            let ns = cache
+                .namespace("zipbench")
+                .map_err(|e| format!("namespace: {e}"))?;
+            let start = Instant::now();
+            ns.set(key, value, None)
+                .await
+                .map_err(|e| format!("set: {e}"))?;
+            let write = start.elapsed();
+            let mut hits = Vec::with_capacity(20);
+            for _ in 0..20 {
+                let start = Instant::now();
+                let back: Option<Vec<Trade>> =
+                    ns.get(key).await.map_err(|e| format!("get: {e}"))?;
+                hits.push(start.elapsed());
+                if back.as_ref() != Some(value) {
+                    return Err(format!("{key}: wrong value read back"));
+                }
+            }
+            hits.sort();
+            Ok::<_, String>((write, hits[hits.len() / 2], ns.key(key)))
+        }
+    };
+    let (zw, zh, zkey) = time(&zipped, "zipped").await?;
+    let (pw, ph, pkey) = time(&b.cache, "plain").await?;
+    let mut admin = raw_connection(&b.url, ADMIN_TIMEOUT).await?;
+    let mut strlen = async |key: &str| -> Result<u64, String> {
+        redis::cmd("STRLEN")
+            .arg(key)
+            .query_async(&mut admin)
+            .await
+            .map_err(|e| format!("STRLEN: {e}"))
+    };
+    let (zb, pb) = (strlen(&zkey).await?, strlen(&pkey).await?);
+    if zb >= pb {
+        problems.push(format!("compressed {zb} bytes, not less than {pb}"));
+    }
+    let mb = pb as f64 / 1e6;
+    eprintln!(
+        "cache-bench: l: {n} trades, {pb} B plain, {zb} B compressed; write {} vs {}, hit {} vs {} ({:.2} ms/MB more per write)",
+        ms(zw), ms(pw), ms(zh), ms(ph),
+        (zw.as_secs_f64() - pw.as_secs_f64()) * 1e3 / mb
+    );
+    Ok(Row::new(
+        format!(
+            "l. {n} JSON-like trades ({} bincode), compressed to {:.0}% of the bytes: hit p50, vs compression off",
+            size(pb as u32),
+            100.0 * zb as f64 / pb as f64
+        ),
+        ms(zh),
+        ms(ph),
+        Some(ratio(zh, ph)),
+        Goal::Reported,
+        problems,
+    ))
 }
 
 async fn warm_large<A: Call, B: Call>(
