@@ -25,6 +25,8 @@ pub(crate) struct Inner {
     /// Concurrent reads of one key share one round trip.
     pub(crate) reads: Flights,
     pub(crate) l1: Option<Arc<L1>>,
+    /// Whether the publisher of figures for `cachectl top` runs (`stats_publisher`).
+    pub(crate) stats: crate::stats_publisher::State,
     /// Unique for the process's lifetime (an address could be reused after a drop).
     serial: u64,
 }
@@ -95,6 +97,7 @@ impl Cache {
                 flights: Arc::default(),
                 reads: Flights::default(),
                 l1,
+                stats: crate::stats_publisher::State::default(),
                 serial: {
                     static NEXT: std::sync::atomic::AtomicU64 =
                         std::sync::atomic::AtomicU64::new(1);
@@ -168,6 +171,9 @@ impl Cache {
     }
 
     pub(crate) fn counters_for(&self, namespace: &str) -> Arc<Counters> {
+        // Where a cache is first used from inside a runtime (once per call site, and per
+        // manual operation at the cost of one relaxed load).
+        crate::stats_publisher::start(self);
         self.inner.counters.of(namespace)
     }
 

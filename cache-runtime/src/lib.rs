@@ -59,9 +59,11 @@ pub mod http;
 pub mod key;
 mod l1;
 mod manual;
+pub mod metrics;
 mod namespace;
 pub mod service;
 mod shape;
+mod stats_publisher;
 
 #[doc(hidden)]
 pub mod __private;

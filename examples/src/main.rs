@@ -11,6 +11,7 @@
 //! - `GET  /api/quotes/{user_id}/{symbol}` — trading-data caching
 //! - `DELETE /api/users/{user_id}/cache` — clears the user's entries in every namespace
 //! - `GET  /api/health/redis`, `GET /api/health/cache` — health and statistics
+//! - `GET  /metrics` — Prometheus text format (counters, latency histograms, gauges)
 //! - `GET  /api/db/queries` — how many queries reached the database (to see the cache work)
 
 mod db;
@@ -186,6 +187,7 @@ fn router(app: App) -> Router {
         .route("/api/db/queries", get(db_queries))
         .with_state(app)
         .merge(cache_runtime::http::health_routes())
+        .merge(cache_runtime::http::metrics_routes())
 }
 
 #[tokio::main]

@@ -88,6 +88,12 @@ async fn the_most_recent_writes_survive_a_full_store() {
     for i in 4_000..5_000 {
         assert_eq!(ns.get::<u64>(&key(i)).await.unwrap(), Some(i as u64));
     }
+    // The evictions are counted for `/metrics` (`cache_evictions_total`).
+    let text = cache_runtime::metrics::render(&cache);
+    assert!(
+        text.lines().any(|l| l == "cache_evictions_total 4000"),
+        "4,000 evictions in:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

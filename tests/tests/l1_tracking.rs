@@ -476,15 +476,24 @@ fn report_and_check(samples: &BTreeMap<Op, Vec<Sample>>, downs: &[usize]) {
         };
         let stale = list.iter().map(|s| s.stale_ns).max().unwrap_or(0);
         let stale_reads = list.iter().filter(|s| s.stale_ns > 0).count();
+        // Who served the stalest read: the L1, or Redis itself (after PEXPIRE 1 the key
+        // lives one more millisecond).
+        let stale_l1 = list
+            .iter()
+            .filter(|s| s.old_from_l1)
+            .map(|s| s.stale_ns)
+            .max()
+            .unwrap_or(0);
         let from_l1 = list.iter().filter(|s| s.old_from_l1).count();
         worst = worst.max(stale);
         eprintln!(
-            "{:>9}: {} samples; max staleness {:.3} ms ({stale_reads} with a stale read after \
-             the reply); new value seen after p50 {:.3} ms, max {:.3} ms; old value served by \
-             the L1 until the change in {from_l1}",
+            "{:>9}: {} samples; max staleness {:.3} ms (by the L1: {:.3} ms; {stale_reads} \
+             with a stale read after the reply); new value seen after p50 {:.3} ms, max \
+             {:.3} ms; old value served by the L1 until the change in {from_l1}",
             op.name(),
             list.len(),
             ms(stale),
+            ms(stale_l1),
             ms(seen[seen.len() / 2]),
             ms(seen_max),
         );
@@ -893,9 +902,12 @@ async fn a_killed_tracking_connection(kill: Kill) {
     foreign_set(&mut raw, "k", 2).await;
     let committed = Instant::now();
 
-    let noticed = within(Duration::from_secs(1), async || !b.l1_active())
+    within(Duration::from_secs(1), async || !b.l1_active())
         .await
         .expect("the L1 stops when its tracking connection is killed");
+    // An upper bound: the first check comes after the write's round trip.
+    let down_at = Instant::now();
+    let noticed = down_at - killed_at;
     let health = b.health().await;
     assert_eq!(health.l1_active, Some(false));
     assert_eq!(
@@ -933,10 +945,10 @@ async fn a_killed_tracking_connection(kill: Kill) {
         .unwrap_or_default();
     let from_l1_while_down = reads
         .iter()
-        .filter(|(started, _, l1)| *l1 && *started > killed_at + noticed && *started < lifted)
+        .filter(|(started, _, l1)| *l1 && *started > down_at && *started < lifted)
         .count();
     eprintln!(
-        "{kill:?}: L1 off {noticed:?} after the kill, back {back:?} after the hold was lifted; \
+        "{kill:?}: L1 off within {noticed:?} of the kill, back {back:?} after the hold was lifted; \
          {} reads, worst staleness of the write made meanwhile {stale:?}",
         reads.len()
     );
@@ -996,6 +1008,11 @@ async fn own_writes_cost_at_most_a_lost_fill() {
     eprintln!(
         "own writes: extra Redis reads before the first L1 hit after a write -> how many of \
          {WRITES} writes: {extra_reads:?}"
+    );
+    // The push of a write lands once: it costs one fill at most.
+    assert!(
+        extra_reads.keys().all(|extra| *extra <= 1),
+        "a write cost more than one lost fill: {extra_reads:?}"
     );
     assert!(a.l1_active());
 }

@@ -96,6 +96,8 @@ pub(crate) struct MemoryBackend {
     /// Entries and bytes held; changed only under the lock of the shard that changes.
     entries: AtomicU64,
     bytes: AtomicU64,
+    /// Entries evicted for room (`cache_evictions_total`).
+    evictions: AtomicU64,
     /// Taken only while holding a shard's lock, or alone.
     indexes: Mutex<Indexes>,
     config: MemoryConfig,
@@ -223,6 +225,7 @@ impl MemoryBackend {
             clock: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
             indexes: Mutex::default(),
             config: config.clone(),
             started: Instant::now(),
@@ -312,8 +315,8 @@ impl MemoryBackend {
             let mut shard = self.lock_slot(slot);
             // Another task may have made room meanwhile (an emptied shard publishes EMPTY
             // on unlock, so the next round looks elsewhere).
-            if self.over_budget() {
-                shard.evict_oldest();
+            if self.over_budget() && shard.evict_oldest() {
+                self.evictions.fetch_add(1, Relaxed);
             }
         }
     }
@@ -498,6 +501,10 @@ impl Store for MemoryBackend {
         "embedded"
     }
 
+    fn evictions(&self) -> Option<u64> {
+        Some(self.evictions.load(Relaxed))
+    }
+
     fn endpoint(&self) -> Endpoint {
         Endpoint {
             shown: "embedded in-process store".to_owned(),
@@ -638,6 +645,62 @@ impl Store for MemoryBackend {
         if let Some(sink) = sink.upgrade() {
             sink.ended();
         }
+    }
+
+    /// Exact, and unbounded by the budget: the store is in this process.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        _budget: ScanBudget,
+    ) -> Result<crate::backend::KeyList, CacheError> {
+        let now = Instant::now();
+        let mut list = crate::backend::KeyList {
+            complete: true,
+            ..crate::backend::KeyList::default()
+        };
+        'slots: for slot in &self.slots {
+            let shard = self.lock_slot(slot);
+            for (key, entry) in &shard.shard.entries {
+                list.scanned += 1;
+                if !entry.live(now) || !key.starts_with(prefix) {
+                    continue;
+                }
+                if list.keys.len() >= limit {
+                    list.complete = false;
+                    break 'slots;
+                }
+                list.keys.push((key.to_string(), entry.ttl(now)));
+            }
+        }
+        list.keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list)
+    }
+
+    async fn index_members(
+        &self,
+        index: &str,
+        limit: usize,
+    ) -> Result<crate::backend::KeyList, CacheError> {
+        let mut members: Vec<Arc<str>> = self
+            .indexes()
+            .get(index)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default();
+        let total = members.len() as u64;
+        members.sort();
+        members.truncate(limit);
+        // The sets' lock is released: reading TTLs takes shard locks, which come first.
+        let keys: Vec<(String, KeyTtl)> = members
+            .iter()
+            .map(|k| (k.to_string(), self.ttl_now(k)))
+            .collect();
+        Ok(crate::backend::KeyList {
+            scanned: keys.len() as u64,
+            complete: keys.len() as u64 >= total,
+            total: Some(total),
+            keys,
+        })
     }
 }
 

@@ -117,6 +117,31 @@ pub(crate) struct NamespaceCount {
     pub(crate) complete: bool,
 }
 
+/// Keys with their remaining lifetimes, from one bounded listing (`cachectl keys`).
+#[derive(Debug, Default)]
+pub(crate) struct KeyList {
+    /// At most the listing's limit, in the store's order.
+    pub(crate) keys: Vec<(String, KeyTtl)>,
+    /// How many there are in all, when the store knows without a scan (an index's size).
+    pub(crate) total: Option<u64>,
+    /// Keys examined (a scan's; an index listing examines only its members).
+    pub(crate) scanned: u64,
+    /// Whether every match is listed: neither the limit nor the scan budget cut it short.
+    pub(crate) complete: bool,
+}
+
+/// Where this cache's processes publish their figures for `cachectl top`
+/// (`crate::stats_publisher`): one hash, one field per process.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StatsKey<'a> {
+    /// `{prefix}:__stats`.
+    pub(crate) key: &'a str,
+    /// The field a watching `cachectl top` sets; processes publish only while it exists.
+    pub(crate) watch_field: &'a str,
+    /// How long the hash outlives its last watcher's refresh.
+    pub(crate) ttl: Duration,
+}
+
 /// What the store says about itself (health).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ServerFacts {
@@ -182,6 +207,12 @@ pub(crate) trait Store: Send + Sync {
     /// Whether requests are in flight, so that a read may share another's round trip.
     fn busy(&self) -> bool;
 
+    /// Entries evicted for room since start, when the store can tell which are ours (the
+    /// embedded store; Redis's `evicted_keys` is server-wide).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn evictions(&self) -> Option<u64> {
+        None
+    }
     /// Whether other processes use this store too (so a distributed lock means something).
     fn shared_by_processes(&self) -> bool {
         false
@@ -259,6 +290,41 @@ pub(crate) trait Store: Send + Sync {
     /// Starts feeding `sink` the invalidations of this store (see
     /// `invalidation::Sink`).
     fn listen(&self, sink: Weak<dyn Sink>);
+
+    /// Our keys starting with `prefix` and their TTLs: at most `limit`, from one pass that
+    /// stops at the budget's keys examined or time (`cachectl keys --namespace`).
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        budget: ScanBudget,
+    ) -> Result<KeyList, CacheError>;
+    /// The keys a user index (or a tag's set) lists and their TTLs, at most `limit`, with
+    /// the index's size; members whose key is gone show as [`KeyTtl::Missing`]
+    /// (`cachectl keys --user`).
+    async fn index_members(&self, index: &str, limit: usize) -> Result<KeyList, CacheError>;
+    /// Writes this process's figures `snapshot` into `stats` under `field`, or with `None`
+    /// only asks; returns whether a `cachectl top` watches (`stats.watch_field` exists).
+    /// Never announced: nothing caches it. A store no other process reads has no watcher.
+    async fn publish_stats(
+        &self,
+        stats: StatsKey<'_>,
+        field: &str,
+        snapshot: Option<&[u8]>,
+    ) -> Result<bool, CacheError> {
+        let _ = (stats, field, snapshot);
+        Ok(false)
+    }
+    /// Marks `stats` watched (for `stats.ttl`), removes the fields `forget` (processes gone),
+    /// and returns every field: each process's snapshot, and the watch mark.
+    async fn watch_stats(
+        &self,
+        stats: StatsKey<'_>,
+        forget: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, CacheError> {
+        let _ = (stats, forget);
+        Ok(HashMap::new())
+    }
 }
 
 /// The store of one cache.
@@ -329,6 +395,10 @@ impl Store for Backend {
     }
     fn busy(&self) -> bool {
         dispatch!(self, s => s.busy())
+    }
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn evictions(&self) -> Option<u64> {
+        dispatch!(self, s => s.evictions())
     }
     fn shared_by_processes(&self) -> bool {
         dispatch!(self, s => s.shared_by_processes())
@@ -411,6 +481,32 @@ impl Store for Backend {
     }
     fn listen(&self, sink: Weak<dyn Sink>) {
         dispatch!(self, s => s.listen(sink))
+    }
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        budget: ScanBudget,
+    ) -> Result<KeyList, CacheError> {
+        dispatch_async!(self, s => s.list_keys(prefix, limit, budget))
+    }
+    async fn index_members(&self, index: &str, limit: usize) -> Result<KeyList, CacheError> {
+        dispatch_async!(self, s => s.index_members(index, limit))
+    }
+    async fn publish_stats(
+        &self,
+        stats: StatsKey<'_>,
+        field: &str,
+        snapshot: Option<&[u8]>,
+    ) -> Result<bool, CacheError> {
+        dispatch_async!(self, s => s.publish_stats(stats, field, snapshot))
+    }
+    async fn watch_stats(
+        &self,
+        stats: StatsKey<'_>,
+        forget: &[String],
+    ) -> Result<HashMap<String, Vec<u8>>, CacheError> {
+        dispatch_async!(self, s => s.watch_stats(stats, forget))
     }
 }
 

@@ -12,11 +12,13 @@ use std::sync::Arc;
 
 use futures_util::FutureExt as _;
 use serde::{de::DeserializeOwned, Serialize};
+use tracing::Instrument as _;
 
 use super::read::Entry;
 use super::resilience::{self, Detach, Finish, Locked};
 use super::site::{BoundRef, Selected, Site};
 use crate::backend::Store as _;
+use crate::counters::Stamp;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
 use crate::key::{join_call, ArgsHash};
@@ -85,6 +87,25 @@ where
     Fut: Future<Output = R>,
     D: Detach<R, Fut>,
 {
+    // The call's span (disabled unless someone listens at DEBUG): the parent of the body's
+    // spans and of the store's round trips.
+    let span = crate::metrics::spans::call(site);
+    run_in::<S, R, Fut, D>(site, key, body, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn run_in<S, R, Fut, D>(
+    site: &'static Site,
+    key: CallKey,
+    body: Fut,
+    span: &tracing::Span,
+) -> R
+where
+    S: Returns<R>,
+    Fut: Future<Output = R>,
+    D: Detach<R, Fut>,
+{
     let Some(cache) = site.cache() else {
         return body.await;
     };
@@ -100,13 +121,15 @@ where
         &bound.tail,
         hash,
     );
+    crate::metrics::spans::bind(span, &cache);
     let r = bound.resilience;
     let mut store = true;
     let mut stale = None;
-    match cache
+    let read = cache
         .read_entry::<S::Stored>(&bound.counters, &full, &key.shape, !r.fail_safe.is_zero())
-        .await
-    {
+        .await;
+    crate::metrics::spans::read(span, &read);
+    match read {
         Ok(Entry::Fresh { value, fresh_until }) => {
             if let (Some(fraction), Some(until)) = (r.refresh_ahead, fresh_until) {
                 if resilience::refresh_due(until, bound.ttl, fraction) {
@@ -148,7 +171,10 @@ where
                 };
                 return resilience::serve_stale::<S, R>(site, &full, &bound, v, why);
             }
-            return body.await;
+            let start = Stamp::now();
+            let result = body.await;
+            bound.counters.body_took(start);
+            return result;
         }
         Role::Leader(leader) => leader.into_owned(Arc::clone(&cache.inner.flights)),
     };
@@ -162,6 +188,7 @@ where
         leader,
         lock: None,
         store,
+        body_start: Stamp::now(),
     };
 
     // One body run across processes.
@@ -207,7 +234,8 @@ where
         }
     }
 
-    // The body.
+    // The body (timed from here, not from before the lock).
+    finish.body_start = Stamp::now();
     let Some(stale) = stale else {
         let result = body.await;
         return finish.complete::<S, R>(result).await;
@@ -278,6 +306,7 @@ fn refresh_ahead<S, R, Fut, D>(
         leader: leader.into_owned(Arc::clone(&cache.inner.flights)),
         lock: None,
         store: true,
+        body_start: Stamp::now(),
     };
     // `Some`: it cannot run in the background here (no runtime): no refresh.
     let _ = D::detach::<S>(Box::pin(body), finish, true);
@@ -294,6 +323,7 @@ async fn settle<S: Returns<R>, R>(
     if S::cacheable(&result).is_some() {
         return finish.complete::<S, R>(result).await;
     }
+    finish.bound.counters.body_took(finish.body_start);
     let out = resilience::serve_stale::<S, R>(
         site,
         &finish.key,
@@ -312,6 +342,7 @@ async fn panicked<S: Returns<R>, R>(
     stale: S::Stored,
     site: &'static Site,
 ) -> R {
+    finish.bound.counters.body_took(finish.body_start);
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -26,6 +26,25 @@ pub(crate) enum Entry<T> {
     Missing,
 }
 
+/// Values from this many bytes on are decoded off the async worker (a 10 MB value takes
+/// milliseconds of CPU, which would stall every task queued on that worker).
+pub(crate) const HEAVY_BYTES: usize = 512 * 1024;
+
+/// Runs `work` on `len` bytes; from [`HEAVY_BYTES`] on, on a multi-threaded runtime, with
+/// `block_in_place`, so this worker's other tasks move to another worker meanwhile (no
+/// `Send + 'static` bound on the value type, unlike `spawn_blocking`). Elsewhere (a
+/// current-thread runtime, no runtime) it runs here.
+pub(crate) fn heavy<R>(len: usize, work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if len >= HEAVY_BYTES
+        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+    {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 impl Cache {
     /// Reads and decodes `key` as a `T` of `shape`, counting the outcome in `counters`.
     /// A timed entry past its logical expiry is a miss.
@@ -51,6 +70,7 @@ impl Cache {
         shape: &Shape,
         keep_stale: bool,
     ) -> Result<Entry<T>, CacheError> {
+        let _timer = counters.time_read();
         // Timing only when someone listens: a clock read is a noticeable share of an L1 hit.
         let start = tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG)
             .then(Instant::now);
@@ -92,7 +112,9 @@ impl Cache {
             tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss");
             return Ok(Entry::Missing);
         };
-        match self.codec().decode_timed::<T>(&bytes, shape) {
+        match heavy(bytes.len(), || {
+            self.codec().decode_timed::<T>(&bytes, shape)
+        }) {
             Ok((value, Some(until))) if until <= unix_ms() => {
                 counters.miss();
                 tracing::debug!(target: "cache_runtime::store", key, latency_us = latency_us(), "miss (past its TTL, kept for fail-safe)");

@@ -131,6 +131,7 @@ pub(crate) fn serve_stale<S: Returns<R>, R>(
     why: &'static str,
 ) -> R {
     bound.counters.stale_served();
+    crate::metrics::spans::stale();
     // Once per function per 10 s: during an outage every call would say it.
     static QUIET_MS: u64 = 10_000;
     let now = unix_ms();
@@ -162,6 +163,8 @@ pub(crate) struct Finish {
     pub(crate) lock: Option<(String, String)>,
     /// The read failed on a connection fault: do not wait out a second timeout.
     pub(crate) store: bool,
+    /// When the body started (`cache_body_duration_seconds`).
+    pub(crate) body_start: crate::counters::Stamp,
 }
 
 impl Finish {
@@ -174,6 +177,7 @@ impl Finish {
     /// Stores the cacheable part of `result` (and tells followers), releases the lock, and
     /// returns `result`.
     pub(crate) async fn complete<S: Returns<R>, R>(mut self, result: R) -> R {
+        self.bound.counters.body_took(self.body_start);
         let Some(value) = S::cacheable(&result) else {
             tracing::debug!(target: "cache_runtime::store", key = %self.key, "skip: result not cacheable");
             self.fail().await;

@@ -190,6 +190,9 @@ impl Site {
     }
 
     fn compute(&self, cache: &Cache) -> Bound {
+        // Once per site and cache: the cache's gauges start refreshing with its first call.
+        #[cfg(feature = "metrics")]
+        crate::metrics::watch(cache);
         let (head, tail) = cache
             .keys()
             .call_parts(self.namespace, self.function, self.version);

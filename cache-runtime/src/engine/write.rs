@@ -109,7 +109,11 @@ impl Cache {
             Some(until) => self.codec().encode_timed(value, shape, until, limit),
             None => self.codec().encode_shaped(value, shape, limit),
         }
-        .map(|bytes| crate::codec::compress_envelope(bytes, config.compress_above))
+        .map(|bytes| {
+            super::read::heavy(bytes.len(), || {
+                crate::codec::compress_envelope(bytes, config.compress_above)
+            })
+        })
         .inspect_err(|e| {
             counters.error();
             tracing::warn!(target: "cache_runtime::store", key, error = %e, "value not stored");
@@ -126,6 +130,7 @@ impl Cache {
         let result = self
             .fenced(Scope::Stored(write.key), self.inner.backend.set(write))
             .await;
+        counters.write_took(start);
         match result {
             Ok(()) => {
                 counters.store();

@@ -6,7 +6,7 @@
 //! application installs the exporter it wants (`metrics-exporter-prometheus`, an
 //! OpenTelemetry bridge, ...) **before the first cache call**: handles are registered once
 //! per namespace, not per call, so a recorder installed later sees only the gauges.
-//! The same figures are kept in process and rendered by [`render`] (what
+//! The same figures are kept in process and rendered by `render` (what
 //! `cache_runtime::http::metrics_routes` serves at `/metrics`), which needs no recorder.
 //!
 //! | name | type | labels | meaning |
@@ -25,12 +25,12 @@
 //! | `cache_circuit_open` | gauge | | 1 while calls bypass Redis after repeated faults, else 0 |
 //! | `cache_pool_connections` | gauge | | Redis connections opened (absent for the embedded store) |
 //! | `cache_pool_max_connections` | gauge | | `REDIS_CONNECTION_POOL_MAX_SIZE` |
-//! | `cache_l1_entries`, `cache_l1_bytes` | gauge | | what the L1 holds (when one is configured) |
-//! | `cache_evictions_total` | counter | | entries the embedded store evicted for room (only when the store reports it; never for Redis, whose `evicted_keys` is server-wide: read it from a Redis exporter) |
+//! | `cache_l1_entries`, `cache_l1_bytes` | gauge | | what the L1 holds, when one is configured |
+//! | `cache_evictions_total` | counter | | entries the embedded store evicted for room; never for Redis, whose `evicted_keys` is server-wide: read it from a Redis exporter |
 //!
 //! Labels are bounded: namespaces only, never keys or user ids. Gauges are refreshed once
-//! a second by a task the first decorated call starts (or by [`publish_gauges`]), and at
-//! every [`render`].
+//! a second by a task the first decorated call starts (or by `publish_gauges`), and at
+//! every `render`.
 //!
 //! # Spans (always, through `tracing`)
 //!
@@ -41,8 +41,9 @@
 //!   body's spans and of its Redis round trips. Fields: `db.system.name` (`redis` or
 //!   `embedded`), `db.operation.name` (`GET`), `server.address`, `server.port` (Redis),
 //!   `code.function.name`, `cache.namespace`, `cache.outcome` (`hit`, `miss`, `stale`,
-//!   `error`: the cache failed and the body ran), and `cache.key` only when the target is
-//!   enabled at TRACE (keys carry user ids). Values never.
+//!   `error`: the cache failed and the body ran). Never a value, never a key: keys (they
+//!   carry user ids) are only in the DEBUG events of `cache_runtime::store` (`hit`, `miss`,
+//!   `store`), which happen inside this span and so become its events when enabled.
 //! - `redis.request` (target `cache_runtime::redis`): one Redis round trip (a command or a
 //!   pipeline). Fields: `otel.name` and `db.operation.name` (`GET`, or `BATCH GET` /
 //!   `BATCH` for a pipeline, as the conventions name batches), `db.operation.batch.size`,
@@ -165,10 +166,9 @@ mod enabled {
     impl NamespaceMetrics {
         pub(crate) fn new(namespace: &str) -> Self {
             describe();
-            let counter = |def: Def| metrics::counter!(def.name, "namespace" => namespace.to_owned());
-            let hits = |tier: &'static str| {
-                metrics::counter!(HITS.name, "namespace" => namespace.to_owned(), "tier" => tier)
-            };
+            let counter =
+                |def: Def| metrics::counter!(def.name, "namespace" => namespace.to_owned());
+            let hits = |tier: &'static str| metrics::counter!(HITS.name, "namespace" => namespace.to_owned(), "tier" => tier);
             Self {
                 hits_l1: hits("l1"),
                 hits_store: hits("store"),
@@ -205,7 +205,12 @@ mod enabled {
         for def in [READ_SECONDS, WRITE_SECONDS, BODY_SECONDS] {
             metrics::describe_histogram!(def.name, metrics::Unit::Seconds, def.help);
         }
-        for def in [CIRCUIT_OPEN, POOL_CONNECTIONS, POOL_MAX_CONNECTIONS, L1_ENTRIES] {
+        for def in [
+            CIRCUIT_OPEN,
+            POOL_CONNECTIONS,
+            POOL_MAX_CONNECTIONS,
+            L1_ENTRIES,
+        ] {
             metrics::describe_gauge!(def.name, metrics::Unit::Count, def.help);
         }
         metrics::describe_gauge!(L1_BYTES.name, metrics::Unit::Bytes, L1_BYTES.help);
@@ -287,15 +292,15 @@ mod enabled {
     /// What the L1 holds (entries, bytes). The L1 only counts that in its own tests so far:
     /// `None` until `l1.rs` offers a crate-visible `usage()`, then one line here.
     fn l1_usage(cache: &Cache) -> Option<(u64, u64)> {
-        let _l1 = cache.inner.l1.as_ref()?;
-        None
+        let (entries, bytes) = cache.inner.l1.as_ref()?.usage();
+        Some((entries as u64, bytes))
     }
 
-    /// Entries the store evicted for room. The embedded store does not count them yet
-    /// (`None` until `Store` reports them); Redis cannot attribute its server-wide
-    /// `evicted_keys` to this cache, so it never will.
-    fn store_evictions(_cache: &Cache) -> Option<u64> {
-        None
+    /// Entries the store evicted for room: the embedded store counts them; Redis cannot
+    /// attribute its server-wide `evicted_keys` to this cache (`None`).
+    fn store_evictions(cache: &Cache) -> Option<u64> {
+        use crate::backend::Store as _;
+        cache.inner.backend.evictions()
     }
 
     /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]) of `cache`: every

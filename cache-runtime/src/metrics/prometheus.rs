@@ -63,16 +63,30 @@ fn counter(out: &mut String, stats: &Stats, def: Def, value: impl Fn(&NamespaceC
     }
 }
 
-fn histogram(out: &mut String, stats: &Stats, def: Def, pick: impl Fn(&super::NamespaceStats) -> &HistogramSnapshot) {
+fn histogram(
+    out: &mut String,
+    stats: &Stats,
+    def: Def,
+    pick: impl Fn(&super::NamespaceStats) -> &HistogramSnapshot,
+) {
     header(out, def, "histogram");
     for (ns, s) in &stats.namespaces {
         let h = pick(s);
         let ns = escape(ns);
         for (le, n) in h.cumulative() {
             let le = le.map_or_else(|| "+Inf".to_owned(), number);
-            let _ = writeln!(out, "{}_bucket{{namespace=\"{ns}\",le=\"{le}\"}} {n}", def.name);
+            let _ = writeln!(
+                out,
+                "{}_bucket{{namespace=\"{ns}\",le=\"{le}\"}} {n}",
+                def.name
+            );
         }
-        let _ = writeln!(out, "{}_sum{{namespace=\"{ns}\"}} {}", def.name, number(h.sum_seconds));
+        let _ = writeln!(
+            out,
+            "{}_sum{{namespace=\"{ns}\"}} {}",
+            def.name,
+            number(h.sum_seconds)
+        );
         let _ = writeln!(out, "{}_count{{namespace=\"{ns}\"}} {}", def.name, h.count);
     }
 }
@@ -92,8 +106,16 @@ pub(crate) fn render(stats: &Stats) -> String {
         let ns = escape(ns);
         let c = &s.counters;
         let store = c.hits.saturating_sub(c.l1_hits);
-        let _ = writeln!(out, "{}{{namespace=\"{ns}\",tier=\"l1\"}} {}", HITS.name, c.l1_hits);
-        let _ = writeln!(out, "{}{{namespace=\"{ns}\",tier=\"store\"}} {store}", HITS.name);
+        let _ = writeln!(
+            out,
+            "{}{{namespace=\"{ns}\",tier=\"l1\"}} {}",
+            HITS.name, c.l1_hits
+        );
+        let _ = writeln!(
+            out,
+            "{}{{namespace=\"{ns}\",tier=\"store\"}} {store}",
+            HITS.name
+        );
     }
     counter(&mut out, stats, MISSES, |c| c.misses);
     counter(&mut out, stats, STORES, |c| c.stores);
@@ -156,7 +178,10 @@ mod tests {
             "cache_circuit_open 0",
             "cache_pool_connections 2",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         assert!(!text.contains("cache_l1_entries"), "no L1: no L1 gauge");
         // Each metric is introduced once.

@@ -8,6 +8,8 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument as _;
+
 use super::cluster::{Cluster, NodeLine};
 use super::pool::InFlight;
 use super::pubsub::hash_tag;
@@ -88,15 +90,46 @@ enum Request<'a> {
 }
 
 impl RedisBackend {
+    /// One request through the cluster connection (which routes it by its keys' slot).
+    async fn send_cluster<T: redis::FromRedisValue>(
+        &self,
+        cluster: &Cluster,
+        request: Request<'_>,
+    ) -> Result<T, CacheError> {
+        let mut conn = cluster.connection().await?;
+        let _in_flight = cluster.start();
+        match request {
+            Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+            Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
+        }
+        .map_err(|e| self.classifier.classify(&e))
+    }
+
     /// Runs one command or pipeline, under the guard: on a lane of the server, or through
     /// the cluster connection (which routes it by its keys' slot).
     async fn send<T: redis::FromRedisValue>(&self, request: Request<'_>) -> Result<T, CacheError> {
+        // A child of the call's span (DEBUG: nothing to pay for a subscriber at INFO).
+        let span = crate::metrics::spans::redis_request(&self.config, || match request {
+            Request::Cmd(cmd) => vec![cmd],
+            Request::Pipe(pipe) => pipe.cmd_iter().collect(),
+        });
+        // Only the standalone request is inline: discovering the topology, opening the
+        // first lane and the cluster's path are boxed, so the future every request moves
+        // through its callers (and into `dispatch_async!`'s box) stays small; measured,
+        // its copies were a quarter of a concurrent hit's instructions.
         let result = self
             .guard
             .run(async {
-                match self.topology().await? {
+                let topology = match self.topology.get() {
+                    Some(t) => t,
+                    None => Box::pin(self.topology()).await?,
+                };
+                match topology {
                     Topology::Standalone => {
-                        let lane = self.pool.lane().await?;
+                        let lane = match self.pool.pick_now() {
+                            Some(lane) => lane,
+                            None => Box::pin(self.pool.lane()).await?,
+                        };
                         let _in_flight = InFlight::start(&self.pool, &lane);
                         let mut conn = lane.conn.clone();
                         match request {
@@ -106,18 +139,14 @@ impl RedisBackend {
                         .map_err(|e| self.classifier.classify(&e))
                     }
                     Topology::Cluster(cluster) => {
-                        let mut conn = cluster.connection().await?;
-                        let _in_flight = cluster.start();
-                        match request {
-                            Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                            Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
-                        }
-                        .map_err(|e| self.classifier.classify(&e))
+                        Box::pin(self.send_cluster(cluster, request)).await
                     }
                     Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
                 }
             })
+            .instrument(span.clone())
             .await;
+        crate::metrics::spans::failed(&span, &result);
         if let (Err(e), Some(cluster)) = (&result, self.cluster()) {
             // Requests that only ever reach a node that is gone never get the redirect
             // that would teach the driver the new primary: a fresh connection (at most
@@ -152,6 +181,9 @@ impl RedisBackend {
         pipe: &mut redis::Pipeline,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), CacheError> {
+        if !self.may_announce().await {
+            return Ok(());
+        }
         let pubsub = &self.pubsub;
         let topology = match self.topology.get() {
             Some(t) => t,
@@ -159,6 +191,43 @@ impl RedisBackend {
         };
         pubsub.announce_keys(pipe, keys, matches!(topology, Topology::Cluster(_)));
         Ok(())
+    }
+
+    /// Whether this client may PUBLISH on the invalidation channel, asked once with an
+    /// announcement of no keys (which listeners ignore). An ACL user without the channel
+    /// (Redis 7's `acl-pubsub-default resetchannels`) would otherwise fail every write's
+    /// pipeline: its writes then go unannounced, with one warning (peers' L1s on the
+    /// pub/sub fallback miss them; tracking sees them anyway).
+    async fn may_announce(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        const UNKNOWN: u8 = 0;
+        const ALLOWED: u8 = 1;
+        const DENIED: u8 = 2;
+        match self.announce.load(Ordering::Relaxed) {
+            ALLOWED => return true,
+            DENIED => return false,
+            _ => {}
+        }
+        let mut pipe = redis::pipe();
+        self.pubsub
+            .announce_keys(&mut pipe, std::iter::empty(), false);
+        match self.query_pipe::<()>(&pipe).await {
+            Ok(()) => {
+                self.announce.store(ALLOWED, Ordering::Relaxed);
+                true
+            }
+            Err(CacheError::Auth {
+                cause: crate::error::AuthCause::Permission,
+                detail,
+            }) => {
+                if self.announce.swap(DENIED, Ordering::Relaxed) == UNKNOWN {
+                    tracing::warn!(target: "cache_runtime::l1", error = %detail, "this Redis user may not PUBLISH on the invalidation channel: writes are not announced, so other processes' L1 on the pub/sub fallback will not see them (client tracking still does); grant the channel (ACL SETUSER <user> &<prefix>:__invalidate*) to announce");
+                }
+                false
+            }
+            // Unknown yet (a connection fault): announce, and ask again next time.
+            Err(_) => true,
+        }
     }
 
     /// A SCAN over the server, or over every primary of a cluster, page by page.
@@ -455,11 +524,15 @@ impl Store for RedisBackend {
         }
         .await;
         // Announced even when the clear stopped half-way: what was deleted is gone.
-        let mut pipe = redis::pipe();
-        self.pubsub.announce_prefix(&mut pipe, prefix);
-        let announced = self.query_pipe::<()>(&pipe).await;
-        scanned?;
-        announced?;
+        if self.may_announce().await {
+            let mut pipe = redis::pipe();
+            self.pubsub.announce_prefix(&mut pipe, prefix);
+            let announced = self.query_pipe::<()>(&pipe).await;
+            scanned?;
+            announced?;
+        } else {
+            scanned?;
+        }
         Ok(deleted)
     }
 
@@ -482,10 +555,12 @@ impl Store for RedisBackend {
             }
             let n: u64 = self.query(redis::cmd("UNLINK").arg(&doomed)).await?;
             deleted += n;
-            let mut pipe = redis::pipe();
-            self.pubsub
-                .announce_keys(&mut pipe, doomed.iter().copied(), false);
-            self.query_pipe::<()>(&pipe).await?;
+            if self.may_announce().await {
+                let mut pipe = redis::pipe();
+                self.pubsub
+                    .announce_keys(&mut pipe, doomed.iter().copied(), false);
+                self.query_pipe::<()>(&pipe).await?;
+            }
         }
         Ok(deleted)
     }
@@ -567,10 +642,12 @@ impl Store for RedisBackend {
                     .await?;
                 // One announcement for the page: a cluster delivers a PUBLISH to every
                 // node, so its channel need not follow the keys' slots.
-                let mut pipe = redis::pipe();
-                self.pubsub
-                    .announce_keys(&mut pipe, keys.iter().map(String::as_str), false);
-                self.query_pipe::<()>(&pipe).await?;
+                if self.may_announce().await {
+                    let mut pipe = redis::pipe();
+                    self.pubsub
+                        .announce_keys(&mut pipe, keys.iter().map(String::as_str), false);
+                    self.query_pipe::<()>(&pipe).await?;
+                }
             }
             if next == 0 {
                 return Ok(deleted);
@@ -646,6 +723,174 @@ impl Store for RedisBackend {
                 }
             }
         }
+    }
+
+    /// SCAN MATCH over the server (every primary of a cluster) until `limit` keys or the
+    /// budget, then their PTTLs: one pipeline on a single server, one request per key on a
+    /// cluster (the keys live in any slot). `scanned` is about the keys examined: SCAN's
+    /// COUNT per page is a hint.
+    async fn list_keys(
+        &self,
+        prefix: &str,
+        limit: usize,
+        budget: ScanBudget,
+    ) -> Result<crate::backend::KeyList, CacheError> {
+        const PAGE: usize = 1000;
+        let start = Instant::now();
+        let pattern = format!("{}*", crate::key::glob_literal(prefix));
+        let mut scan = self.scanner(Some(&pattern), PAGE).await?;
+        let mut list = crate::backend::KeyList::default();
+        let mut found: Vec<String> = Vec::new();
+        let mut cut = false;
+        while let Some(keys) = self.next_page(&mut scan).await? {
+            list.scanned += PAGE as u64;
+            for key in keys.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
+                if !key.starts_with(prefix) {
+                    continue;
+                }
+                if found.len() >= limit {
+                    cut = true;
+                    break;
+                }
+                found.push(key);
+            }
+            if cut || list.scanned >= budget.max_keys || start.elapsed() >= budget.max_time {
+                break;
+            }
+        }
+        list.complete = !cut && Self::scan_done(&scan);
+        found.sort();
+        found.dedup(); // SCAN may return a key twice (a rehash during the pass)
+        let mut ttls = Vec::with_capacity(found.len());
+        for chunk in found.chunks(BATCH) {
+            if self.cluster().is_some() {
+                let each = chunk.iter().map(|k| async move {
+                    let mut cmd = redis::cmd("PTTL");
+                    cmd.arg(k);
+                    self.query::<i64>(&cmd).await
+                });
+                ttls.extend(futures_util::future::try_join_all(each).await?);
+            } else {
+                let mut pipe = redis::pipe();
+                for k in chunk {
+                    pipe.cmd("PTTL").arg(k);
+                }
+                ttls.extend(self.query_pipe::<Vec<i64>>(&pipe).await?);
+            }
+        }
+        // A key that expired since the scan is no longer there to list.
+        list.keys = found
+            .into_iter()
+            .zip(ttls)
+            .map(|(k, ms)| (k, KeyTtl::from_pttl(ms)))
+            .filter(|(_, ttl)| *ttl != KeyTtl::Missing)
+            .collect();
+        Ok(list)
+    }
+
+    /// ZCARD and ZRANGE (soonest expiry first) in one round trip, then the members' PTTLs:
+    /// in the index's pipeline when they share its slot, else one request each.
+    async fn index_members(
+        &self,
+        index: &str,
+        limit: usize,
+    ) -> Result<crate::backend::KeyList, CacheError> {
+        if limit == 0 {
+            let total: u64 = self.query(redis::cmd("ZCARD").arg(index)).await?;
+            return Ok(crate::backend::KeyList {
+                total: Some(total),
+                complete: total == 0,
+                ..crate::backend::KeyList::default()
+            });
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZCARD").arg(index);
+        pipe.cmd("ZRANGE")
+            .arg(index)
+            .arg(0)
+            .arg(i64::try_from(limit).unwrap_or(i64::MAX) - 1);
+        let (total, members): (u64, Vec<String>) = self.query_pipe(&pipe).await?;
+        let same_slot =
+            self.cluster().is_none() || members.iter().all(|k| hash_tag(k) == hash_tag(index));
+        let ttls: Vec<i64> = if members.is_empty() {
+            Vec::new()
+        } else if same_slot {
+            let mut pipe = redis::pipe();
+            for k in &members {
+                pipe.cmd("PTTL").arg(k);
+            }
+            self.query_pipe(&pipe).await?
+        } else {
+            let each = members.iter().map(|k| async move {
+                let mut cmd = redis::cmd("PTTL");
+                cmd.arg(k);
+                self.query::<i64>(&cmd).await
+            });
+            futures_util::future::try_join_all(each).await?
+        };
+        Ok(crate::backend::KeyList {
+            scanned: members.len() as u64,
+            complete: members.len() as u64 >= total,
+            total: Some(total),
+            keys: members
+                .into_iter()
+                .zip(ttls)
+                .map(|(k, ms)| (k, KeyTtl::from_pttl(ms)))
+                .collect(),
+        })
+    }
+
+    /// HSET of the snapshot (with an expiry only if this write created the hash, i.e. its
+    /// watcher is gone), then HEXISTS of the watch mark, in one round trip; with no
+    /// snapshot, only the HEXISTS. One key: one slot on a cluster.
+    async fn publish_stats(
+        &self,
+        stats: crate::backend::StatsKey<'_>,
+        field: &str,
+        snapshot: Option<&[u8]>,
+    ) -> Result<bool, CacheError> {
+        let mut pipe = redis::pipe();
+        if let Some(bytes) = snapshot {
+            pipe.cmd("HSET")
+                .arg(stats.key)
+                .arg(field)
+                .arg(bytes)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(stats.key)
+                .arg(duration_ms(stats.ttl))
+                .arg("NX")
+                .ignore();
+        }
+        pipe.cmd("HEXISTS").arg(stats.key).arg(stats.watch_field);
+        let (watched,): (bool,) = self.query_pipe(&pipe).await?;
+        Ok(watched)
+    }
+
+    /// HSET of the watch mark, PEXPIRE, HDEL of the processes gone, HGETALL: one round
+    /// trip.
+    async fn watch_stats(
+        &self,
+        stats: crate::backend::StatsKey<'_>,
+        forget: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(stats.key)
+            .arg(stats.watch_field)
+            .arg(unix_ms())
+            .ignore();
+        pipe.cmd("PEXPIRE")
+            .arg(stats.key)
+            .arg(duration_ms(stats.ttl))
+            .ignore();
+        if !forget.is_empty() {
+            pipe.cmd("HDEL").arg(stats.key).arg(forget).ignore();
+        }
+        pipe.cmd("HGETALL").arg(stats.key);
+        let (fields,): (std::collections::HashMap<String, Vec<u8>>,) =
+            self.query_pipe(&pipe).await?;
+        Ok(fields)
     }
 }
 

@@ -263,3 +263,58 @@ fn tls_failure(e: &RedisError, host: &str) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier() -> Classifier {
+        Classifier::new(
+            "127.0.0.1",
+            6380,
+            "127.0.0.1:6380".to_owned(),
+            false,
+            Duration::from_secs(5),
+        )
+    }
+
+    #[test]
+    fn refused_credentials_and_acl_refusals_are_told_apart() {
+        let c = classifier();
+        let refused: RedisError = (ErrorKind::AuthenticationFailed, "refused").into();
+        let e = c.classify(&refused);
+        assert!(e.is_authentication_failure() && e.trips_breaker(), "{e:?}");
+        assert!(c.take_credentials_refused(), "the pool is told");
+        assert!(!c.take_credentials_refused(), "once");
+
+        let noperm: RedisError = (ErrorKind::Server(ServerErrorKind::NoPerm), "no").into();
+        let e = c.classify(&noperm);
+        assert!(
+            matches!(
+                e,
+                CacheError::Auth {
+                    cause: AuthCause::Permission,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(!e.trips_breaker(), "an ACL refusal is a reply, not a fault");
+        assert!(!c.take_credentials_refused());
+        assert!(e.to_string().contains("ACL rules"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_reply_is_resp_and_a_tls_alert_is_not() {
+        assert!(is_plain_reply(b"+PONG\r\n"));
+        assert!(is_plain_reply(b"-NOAUTH Authentication required.\r\n"));
+        assert!(is_plain_reply(
+            b"-DENIED Redis is running in protected mode\r\n"
+        ));
+        // A TLS alert record (handshake failure), an HTTP server, a cut-off line, nothing.
+        assert!(!is_plain_reply(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]));
+        assert!(!is_plain_reply(b"HTTP/1.1 400 Bad Request\r\n"));
+        assert!(!is_plain_reply(b"+PON"));
+        assert!(!is_plain_reply(b""));
+    }
+}

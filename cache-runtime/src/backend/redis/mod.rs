@@ -55,6 +55,8 @@ pub(crate) struct RedisBackend {
     pubsub: PubSub,
     /// The L1's listener (client tracking, else `pubsub`), when an L1 is configured.
     tracking: Option<Tracking>,
+    /// Whether this user may PUBLISH announcements (`commands.rs`, `may_announce`).
+    announce: std::sync::atomic::AtomicU8,
 }
 
 impl RedisBackend {
@@ -115,6 +117,7 @@ impl RedisBackend {
             config: config.clone(),
             pubsub,
             tracking,
+            announce: std::sync::atomic::AtomicU8::new(0),
         })
     }
 }

@@ -372,6 +372,17 @@ impl Pool {
     }
 
     /// A lane for one request, opening the first one if needed.
+    /// A lane at once when one is open (growing the pool in the background if asked),
+    /// without the future of [`lane`](Self::lane), which may connect.
+    pub(super) fn pick_now(self: &Arc<Self>) -> Option<Arc<Lane>> {
+        let (lane, grow) = self.pick()?;
+        if grow && self.lanes.load().len() < self.max_size {
+            // Detached: the lane registers itself; a failure only means fewer lanes.
+            drop(self.spawn_open());
+        }
+        Some(lane)
+    }
+
     pub(super) async fn lane(self: &Arc<Self>) -> Result<Arc<Lane>, CacheError> {
         match self.pick() {
             Some((lane, grow)) => {

@@ -15,10 +15,19 @@
 //! - Tracking is per connection and is lost on every reconnect; with OPTIN every pool lane
 //!   would have to re-issue it (the driver's reconnects do not), while here the one
 //!   connection is ours, so each (re)connect issues it before the L1 serves again.
-//! - Its cost: every write under the prefix is pushed to every listening process, about
-//!   0.15-0.4 µs of server CPU per write and per process (1.1 µs/write with no listener,
-//!   4.9 with 10, 16.1 with 100), and the push arrives about 1 µs after the writer's reply
-//!   (p99 34 µs): far inside the 100 ms bound.
+//! - Its cost: every write under the prefix is pushed to every listening process, as the
+//!   pub/sub fallback publishes each of this library's writes to every subscriber, at about
+//!   the same server CPU (redis-benchmark, 4 clients, one `SET` per event-loop turn: 9 µs
+//!   per `SET` with no listener, 29 with 10, 114-173 with 100, so 1.1-1.6 µs per write and
+//!   per listening process; 1.9 / 4.3 / 14 µs with `-P 16`, where a turn batches writes;
+//!   `PUBLISH` to 10 / 100 pattern subscribers: 25 / 151 µs). The push reaches the L1
+//!   within a millisecond of the writer's reply (`tests/tests/l1_tracking.rs`: at most
+//!   0.8 ms on a loaded 2-core machine), far inside the 100 ms bound.
+//! - A process's own writes are pushed back to it too. Nothing tells them apart (`NOLOOP`
+//!   concerns the tracking connection's own writes, and this one never writes), and
+//!   nothing needs to: the L1 is filled only from reads, so the push drops no fresh entry;
+//!   a read that starts within the push's latency of the write may lose its fill (one more
+//!   Redis read; 1-5% of writes read back at once, measured there).
 //!
 //! Liveness, as with pub/sub (`pubsub.rs`): the L1 serves only once tracking is confirmed
 //! (the `OK` of `CLIENT TRACKING`) on every connection, and stops at once when one closes

@@ -6,10 +6,20 @@
 //! cachectl [--json] stats                the /api/health/cache report
 //! cachectl [--json] clear --namespace NS [--yes]
 //! cachectl [--json] clear --user ID [--yes]
+//! cachectl top [--once | --iterations N] [--json]
+//!                                        live view of every process using this Redis and prefix
+//! cachectl [--json] inspect KEY          envelope, codec, shape tag, size, TTL; whether this build reads it
+//! cachectl [--json] keys --user ID [--limit N]
+//! cachectl [--json] keys --namespace NS [--limit N]
 //! ```
 //!
-//! Exit codes: 0 ok; 1 other failure; 2 usage or configuration error; 3 unreachable or
-//! timeout; 4 TLS failure; 5 authentication or permission refused; 6 not confirmed.
+//! Exit codes: 0 ok; 1 other failure (a key that does not exist, say); 2 usage or
+//! configuration error (`top`, `inspect` and `keys` on the embedded store, too); 3
+//! unreachable or timeout; 4 TLS failure; 5 authentication or permission refused; 6 not
+//! confirmed.
+
+mod inspect;
+mod top;
 
 use std::io::Write;
 
@@ -45,10 +55,25 @@ pub struct Io<'a> {
 }
 
 /// The help text.
-pub const USAGE: &str = "usage: cachectl [--json] <ping | health | stats | clear (--namespace NS | --user ID) [--yes]>
+pub const USAGE: &str = "usage: cachectl [--json] <command>
+
+commands:
+  ping                                  connect; version, TLS, latency, or a diagnosis
+  health                                the /api/health/redis report
+  stats                                 the /api/health/cache report
+  clear (--namespace NS | --user ID) [--yes]
+  top [--once | --iterations N]         live view (q or Ctrl-C quits): per namespace reads/s,
+                                        hit ratio, p50/p99, errors, stale served; breaker,
+                                        connections, memory, keys; --once prints one frame
+  inspect KEY                           what a stored value is, and whether this build reads it
+  keys (--user ID | --namespace NS) [--limit N]
+                                        keys with their TTLs (at most N, default 100)
 
 Reads the same configuration as the application: REDIS_URL or REDIS_HOST/REDIS_PORT/…, and .env.
 Exit codes: 0 ok, 1 failure, 2 usage/configuration, 3 unreachable/timeout, 4 TLS, 5 auth, 6 not confirmed.";
+
+/// Keys listed by `keys` unless `--limit` says otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
 
 enum Command {
     Ping,
@@ -56,6 +81,11 @@ enum Command {
     Stats,
     ClearNamespace(String),
     ClearUser(String),
+    /// `None`: the live view; `Some(n)`: `n` frames printed one after another.
+    Top(Option<u64>),
+    Inspect(String),
+    KeysUser(String, usize),
+    KeysNamespace(String, usize),
 }
 
 struct Args {
@@ -64,12 +94,25 @@ struct Args {
     command: Command,
 }
 
+/// The value of `flag`, parsed as a count of at least 1.
+fn count(flag: &str, value: Option<String>) -> Result<u64, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{flag} takes a whole number of at least 1, not {value:?}"
+        )),
+    }
+}
+
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut json = false;
     let mut yes = false;
     let mut words = Vec::new();
     let mut namespace = None;
     let mut user = None;
+    let mut limit = None;
+    let mut iterations = None;
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -77,25 +120,61 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
             "--yes" | "-y" => yes = true,
             "--namespace" => namespace = Some(it.next().ok_or("--namespace needs a value")?),
             "--user" => user = Some(it.next().ok_or("--user needs a value")?),
+            "--limit" => limit = Some(count("--limit", it.next())?),
+            "--iterations" => iterations = Some(count("--iterations", it.next())?),
+            "--once" => iterations = Some(1),
             "-h" | "--help" => return Ok(None),
+            // After `--`, a key that starts with a dash.
+            "--" => words.extend(it.by_ref()),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ => words.push(arg),
         }
     }
-    let command = match (words.first().map(String::as_str), namespace, user) {
+    let verb = words.first().map(String::as_str);
+    let takes = |what: &str, ok: bool| if ok { Ok(()) } else { Err(what.to_owned()) };
+    takes(
+        "--namespace and --user only go with clear and keys",
+        (namespace.is_none() && user.is_none()) || matches!(verb, Some("clear" | "keys")),
+    )?;
+    takes(
+        "--limit only goes with keys",
+        limit.is_none() || verb == Some("keys"),
+    )?;
+    takes(
+        "--once and --iterations only go with top",
+        iterations.is_none() || verb == Some("top"),
+    )?;
+    let limit = limit.map_or(DEFAULT_LIMIT, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let command = match (verb, namespace, user) {
         (Some("ping"), None, None) => Command::Ping,
         (Some("health"), None, None) => Command::Health,
         (Some("stats"), None, None) => Command::Stats,
+        (Some("top"), None, None) => Command::Top(iterations),
         (Some("clear"), Some(ns), None) => Command::ClearNamespace(ns),
         (Some("clear"), None, Some(user)) => Command::ClearUser(user),
         (Some("clear"), _, _) => {
             return Err("clear needs exactly one of --namespace NS or --user ID".into())
         }
-        (Some(other), _, _) if !matches!(other, "ping" | "health" | "stats") => {
-            return Err(format!("unknown command {other:?}"))
+        (Some("keys"), Some(ns), None) => Command::KeysNamespace(ns, limit),
+        (Some("keys"), None, Some(user)) => Command::KeysUser(user, limit),
+        (Some("keys"), _, _) => {
+            return Err("keys needs exactly one of --namespace NS or --user ID".into())
         }
+        (Some("inspect"), None, None) => match words.get(1) {
+            Some(key) => {
+                if words.len() > 2 {
+                    return Err(format!("unexpected argument {:?}", words[2]));
+                }
+                return Ok(Some(Args {
+                    json,
+                    yes,
+                    command: Command::Inspect(key.clone()),
+                }));
+            }
+            None => return Err("inspect needs a KEY (the whole Redis key)".into()),
+        },
+        (Some(other), _, _) => return Err(format!("unknown command {other:?}")),
         (None, _, _) => return Err("missing command".into()),
-        _ => return Err("--namespace and --user only go with clear".into()),
     };
     if words.len() > 1 {
         return Err(format!("unexpected argument {:?}", words[1]));
@@ -285,12 +364,85 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (no time zone database here).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 /// Runs `cachectl` with `args` (without the program name) and a configuration; returns the
-/// exit code.
+/// exit code. Never takes over the terminal: `top` needs `--once` or `--iterations` here
+/// (the live view is [`main`]'s, on a real terminal).
 pub async fn run(
     args: impl IntoIterator<Item = String>,
     config: Result<CacheConfig, crate::ConfigError>,
     io: &mut Io<'_>,
+) -> u8 {
+    run_on(args, config, io, false).await
+}
+
+/// The `cachectl` binary: the environment's configuration, standard streams, a
+/// confirmation on the terminal, and `top`'s live view when stdin and stdout are one.
+pub fn main() -> std::process::ExitCode {
+    use std::io::{BufRead, IsTerminal};
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut confirm = |what: &str| {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        eprint!("{what}? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        Some(stdin.lock().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes"))
+    };
+    let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let mut io = Io {
+        out: &mut out,
+        err: &mut err,
+        confirm: &mut confirm,
+    };
+    let code = runtime.block_on(run_on(
+        std::env::args().skip(1),
+        CacheConfig::from_env(),
+        &mut io,
+        terminal,
+    ));
+    std::process::ExitCode::from(code)
+}
+
+/// [`run`], where `terminal` says whether stdin and stdout are a terminal `top` may take.
+async fn run_on(
+    args: impl IntoIterator<Item = String>,
+    config: Result<CacheConfig, crate::ConfigError>,
+    io: &mut Io<'_>,
+    terminal: bool,
 ) -> u8 {
     let args = match parse_args(args) {
         Ok(Some(a)) => a,
@@ -311,8 +463,23 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => return fail(io, args.json, &e),
     };
+    if matches!(
+        args.command,
+        Command::Top(_) | Command::Inspect(_) | Command::KeysUser(..) | Command::KeysNamespace(..)
+    ) && cache.backend_kind() == "embedded"
+    {
+        return embedded_store(io, args.json);
+    }
     match args.command {
         Command::Ping => ping(io, &cache, args.json).await,
+        Command::Top(iterations) => top::run(io, &cache, args.json, iterations, terminal).await,
+        Command::Inspect(key) => inspect::inspect(io, &cache, args.json, &key).await,
+        Command::KeysUser(user, limit) => {
+            inspect::keys_of_user(io, &cache, args.json, &user, limit).await
+        }
+        Command::KeysNamespace(ns, limit) => {
+            inspect::keys_of_namespace(io, &cache, args.json, &ns, limit).await
+        }
         Command::Health => {
             let report = cache.health().await;
             if args.json {
@@ -424,5 +591,88 @@ fn report_cleared(io: &mut Io<'_>, json: bool, result: Result<u64, CacheError>) 
             EXIT_OK
         }
         Err(e) => fail(io, json, &e),
+    }
+}
+
+/// `top`, `inspect` and `keys` read the application's Redis; without one, the cache is the
+/// embedded store inside the application, out of this process's reach.
+fn embedded_store(io: &mut Io<'_>, json: bool) -> u8 {
+    const WHY: &str = "no Redis is configured (REDIS_URL, REDIS_HOST unset), so the cache is the embedded store inside the application's own process, which cachectl cannot see";
+    const HINTS: [&str; 2] = [
+        "there, the application's own figures are at its /metrics route (cargo feature http) and /api/health/cache",
+        "to watch a Redis-backed application, run cachectl with the application's REDIS_URL (and REDIS_KEY_PREFIX)",
+    ];
+    if json {
+        print_json(
+            io,
+            &serde_json::json!({ "ok": false, "error": WHY, "hints": HINTS }),
+        );
+    } else {
+        let _ = writeln!(io.err, "error: {WHY}");
+        for hint in HINTS {
+            let _ = writeln!(io.err, "  - {hint}");
+        }
+    }
+    EXIT_USAGE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_767_225_599_000), "2025-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn new_verbs_parse_and_refuse_misplaced_flags() {
+        let parse = |args: &[&str]| parse_args(args.iter().map(|s| (*s).to_owned()));
+        assert!(matches!(
+            parse(&["keys", "--user", "u1"]),
+            Ok(Some(Args { command: Command::KeysUser(u, DEFAULT_LIMIT), .. })) if u == "u1"
+        ));
+        assert!(matches!(
+            parse(&["--json", "keys", "--namespace", "users", "--limit", "5"]),
+            Ok(Some(Args { json: true, command: Command::KeysNamespace(n, 5), .. })) if n == "users"
+        ));
+        assert!(matches!(
+            parse(&["top", "--once"]),
+            Ok(Some(Args {
+                command: Command::Top(Some(1)),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            parse(&["top"]),
+            Ok(Some(Args {
+                command: Command::Top(None),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            parse(&["inspect", "--", "-odd:key"]),
+            Ok(Some(Args { command: Command::Inspect(k), .. })) if k == "-odd:key"
+        ));
+        for (args, message) in [
+            (&["inspect"][..], "inspect needs a KEY"),
+            (&["inspect", "a", "b"][..], "unexpected argument"),
+            (&["keys"][..], "exactly one of --namespace NS or --user ID"),
+            (
+                &["keys", "--user", "a", "--namespace", "b"][..],
+                "exactly one of",
+            ),
+            (&["ping", "--limit", "3"][..], "--limit only goes with keys"),
+            (&["stats", "--once"][..], "only go with top"),
+            (&["keys", "--user", "a", "--limit", "0"][..], "at least 1"),
+            (&["top", "--iterations", "x"][..], "at least 1"),
+        ] {
+            match parse(args) {
+                Err(e) => assert!(e.contains(message), "{args:?}: {e}"),
+                Ok(_) => panic!("{args:?} parsed"),
+            }
+        }
     }
 }
