@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::FutureExt as _;
-use serde::{de::DeserializeOwned, Serialize};
 use tracing::Instrument as _;
 
 use super::read::Entry;
@@ -24,49 +23,7 @@ use crate::flight::{self, FlightState, Role};
 use crate::key::{join_call, ArgsHash};
 use crate::shape::Shape;
 
-/// Which part of a return value is stored, and how a stored value becomes a return value.
-pub(crate) trait Returns<R> {
-    type Stored: Serialize + DeserializeOwned;
-    fn cacheable(result: &R) -> Option<&Self::Stored>;
-    fn rebuild(stored: Self::Stored) -> R;
-}
-
-/// Every value is cached.
-pub(crate) struct Plain;
-/// Only `Ok` is cached.
-pub(crate) struct OkOnly;
-/// Only `Some` is cached.
-pub(crate) struct SomeOnly;
-
-impl<T: Serialize + DeserializeOwned> Returns<T> for Plain {
-    type Stored = T;
-    fn cacheable(result: &T) -> Option<&T> {
-        Some(result)
-    }
-    fn rebuild(stored: T) -> T {
-        stored
-    }
-}
-
-impl<T: Serialize + DeserializeOwned, E> Returns<Result<T, E>> for OkOnly {
-    type Stored = T;
-    fn cacheable(result: &Result<T, E>) -> Option<&T> {
-        result.as_ref().ok()
-    }
-    fn rebuild(stored: T) -> Result<T, E> {
-        Ok(stored)
-    }
-}
-
-impl<T: Serialize + DeserializeOwned> Returns<Option<T>> for SomeOnly {
-    type Stored = T;
-    fn cacheable(result: &Option<T>) -> Option<&T> {
-        result.as_ref()
-    }
-    fn rebuild(stored: T) -> Option<T> {
-        Some(stored)
-    }
-}
+pub(crate) use super::returns::{OkOnly, Plain, Returns, SomeOnly};
 
 /// The identity of one call: the user segment (escaped), the argument hash (`None` when an
 /// argument could not be serialised: then the call is not cached), and the stored type's

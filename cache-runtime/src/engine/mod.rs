@@ -8,6 +8,7 @@
 //!   with the rules for when not to store);
 //! - `resilience.rs`: fail-safe, soft timeouts, refresh ahead and the distributed lock
 //!   around a decorated call's body;
+//! - `returns.rs`: which part of a return value is stored (`Result`: `Ok`; `Option`: `Some`);
 //! - `site.rs`: what a decorated function knows at compile time, and the state derived from
 //!   it once.
 //!
@@ -17,6 +18,7 @@
 pub(crate) mod call;
 pub(crate) mod read;
 pub(crate) mod resilience;
+pub(crate) mod returns;
 pub(crate) mod site;
 pub(crate) mod write;
 

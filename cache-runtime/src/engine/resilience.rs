@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::call::Returns;
+use super::returns::Returns;
 use super::site::{BoundRef, Selected, Site};
 use super::unix_ms;
 use crate::backend::{Store, Write};
