@@ -220,12 +220,7 @@ pub(crate) fn snapshot(cache: &Cache, instance: &str) -> Snapshot {
     }
 }
 
-/// Now, Unix ms.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use crate::backend::unix_ms;
 
 /// Whether a cache's publisher runs.
 #[derive(Debug, Default)]

@@ -70,3 +70,21 @@ where
         run.await;
     });
 }
+
+/// A sink that writes down what it hears (unit tests of the listeners).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recorder(pub(crate) std::sync::Mutex<Vec<String>>);
+
+#[cfg(test)]
+impl Sink for Recorder {
+    fn up(&self) {}
+    fn down(&self) {}
+    fn invalidate(&self, what: Invalidated<'_>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(format!("{what:?}"));
+    }
+    fn ended(&self) {}
+}

@@ -535,6 +535,14 @@ pub(crate) fn human_bytes(bytes: u64) -> String {
 }
 
 /// The namespace of one of our keys, when it is one (`{prefix}{namespace}:…`).
+/// Now, in milliseconds since the Unix epoch: the clock of what processes share (index
+/// scores, timed envelopes, stats snapshots), so a monotonic clock would not do.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub(crate) fn namespace_of<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     let (ns, _) = key.strip_prefix(prefix)?.split_once(':')?;
     cache_grammar::check_name(ns).is_ok().then_some(ns)

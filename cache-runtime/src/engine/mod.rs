@@ -22,10 +22,4 @@ pub(crate) mod returns;
 pub(crate) mod site;
 pub(crate) mod write;
 
-/// Now, in milliseconds since the Unix epoch (the clock of timed envelopes: entries are
-/// shared between processes, so a monotonic clock would not do).
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use crate::backend::unix_ms;

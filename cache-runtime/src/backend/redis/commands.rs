@@ -18,8 +18,8 @@ use super::tracking::Tracking;
 use super::RedisBackend;
 use crate::backend::invalidation::Sink;
 use crate::backend::{
-    namespace_of, parse_info, Bytes, Endpoint, KeyTtl, MemoryFacts, NamespaceCount, NodeFacts,
-    PoolStats, ScanBudget, ServerFacts, Store, Write,
+    namespace_of, parse_info, unix_ms, Bytes, Endpoint, KeyTtl, MemoryFacts, NamespaceCount,
+    NodeFacts, PoolStats, ScanBudget, ServerFacts, Store, Write,
 };
 use crate::config::NodeAddr;
 use crate::error::CacheError;
@@ -30,12 +30,6 @@ const BATCH: usize = 500;
 /// Index members are pruned this long after their expiry (tolerates clock skew between
 /// application servers writing the same user's index).
 const PRUNE_GRACE_MS: u64 = 60_000;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)

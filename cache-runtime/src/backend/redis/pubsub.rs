@@ -235,21 +235,11 @@ async fn listen(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::*;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl Sink for Recorder {
-        fn up(&self) {}
-        fn down(&self) {}
-        fn invalidate(&self, what: Invalidated<'_>) {
-            self.0.lock().unwrap().push(format!("{what:?}"));
-        }
-        fn ended(&self) {}
-    }
+    use crate::backend::invalidation::Recorder;
 
     #[test]
     fn messages_round_trip() {

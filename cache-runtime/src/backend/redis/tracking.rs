@@ -525,21 +525,9 @@ fn apply(sink: &dyn Sink, data: &[Value]) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
 
-    #[derive(Default)]
-    struct Recorder(Mutex<Vec<String>>);
-
-    impl Sink for Recorder {
-        fn up(&self) {}
-        fn down(&self) {}
-        fn invalidate(&self, what: Invalidated<'_>) {
-            self.0.lock().unwrap().push(format!("{what:?}"));
-        }
-        fn ended(&self) {}
-    }
+    use crate::backend::invalidation::Recorder;
 
     #[test]
     fn pushes_become_invalidations() {

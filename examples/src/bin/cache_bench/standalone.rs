@@ -297,8 +297,11 @@ pub async fn l1_hits(b: &Bench, redis_p50: Duration) -> Result<Row, String> {
     ))
 }
 
-/// f. `clear_user_cache` of one user among many keys, against a SCAN MATCH (own server).
-pub async fn clear_user(s: &'static Sizes) -> Result<Row, String> {
+/// A server of its own holding `other_keys` keys that are not ours (rows f and k), its URL
+/// and an admin connection; a population that falls short stops the program.
+async fn populated_server(
+    s: &'static Sizes,
+) -> Result<(RedisServer, String, redis::aio::MultiplexedConnection), String> {
     let server = blocking("starting redis-server", RedisServer::plain).await?;
     let url = server.url();
     let mut admin = raw_connection(&url, ADMIN_TIMEOUT).await?;
@@ -316,6 +319,12 @@ pub async fn clear_user(s: &'static Sizes) -> Result<Row, String> {
             s.other_keys
         ));
     }
+    Ok((server, url, admin))
+}
+
+/// f. `clear_user_cache` of one user among many keys, against a SCAN MATCH (own server).
+pub async fn clear_user(s: &'static Sizes) -> Result<Row, String> {
+    let (_server, url, mut admin) = populated_server(s).await?;
     let cache = connected_cache(&url, false, "standalone").await?;
     let service = CacheService::new(cache.clone());
     for user in ["bench_user_0", "bench_user_1"] {
@@ -371,16 +380,7 @@ pub async fn clear_user(s: &'static Sizes) -> Result<Row, String> {
 /// k. `invalidate_tag` of a tag with `user_keys` entries among `other_keys` others (own
 /// server), against finding the same entries by SCAN MATCH on their shared prefix.
 pub async fn invalidate_tag(s: &'static Sizes) -> Result<Row, String> {
-    let server = blocking("starting redis-server", RedisServer::plain).await?;
-    let url = server.url();
-    let mut admin = raw_connection(&url, ADMIN_TIMEOUT).await?;
-    redis::cmd("DEBUG")
-        .arg("POPULATE")
-        .arg(s.other_keys)
-        .arg("other")
-        .query_async::<()>(&mut admin)
-        .await
-        .map_err(|e| format!("DEBUG POPULATE: {e}"))?;
+    let (_server, url, mut admin) = populated_server(s).await?;
     let cache = connected_cache(&url, false, "standalone").await?;
     // Two namespaces with the same keys: one tagged (ours), one found by SCAN (baseline).
     let tagged = cache
