@@ -59,6 +59,7 @@ fn with_errors(item: TokenStream, error: &syn::Error) -> TokenStream {
 
 fn generate(plan: &Plan, mut func: ItemFn) -> TokenStream {
     let entry = entry_point(plan);
+    let copier = copier(plan);
     let mut extra = TokenStream::new();
     match plan.body {
         Body::Native => {
@@ -92,7 +93,7 @@ fn generate(plan: &Plan, mut func: ItemFn) -> TokenStream {
             // The call and its `.await` carry the return type's span too, so an unserialisable
             // value is reported there, once.
             let call = quote_spanned! {span=>
-                #entry(&__CACHE_SITE, __cache_key, async move {
+                #entry(&__CACHE_SITE, __cache_key, #copier, async move {
                     #fake_return
                     #block
                 })
@@ -115,7 +116,7 @@ fn generate(plan: &Plan, mut func: ItemFn) -> TokenStream {
                     *inner = parse_quote!(async move {
                         #site
                         #key
-                        #entry(&__CACHE_SITE, __cache_key, #original).await
+                        #entry(&__CACHE_SITE, __cache_key, #copier, #original).await
                     });
                 }
             }
@@ -245,6 +246,20 @@ fn stored_type(plan: &Plan) -> TokenStream {
         Shape::Option { some } => some.to_token_stream(),
         Shape::Value => plan.output.to_token_stream(),
     }
+}
+
+/// Whether L1 hits may clone a kept decoded copy of the stored type instead of decoding:
+/// asked where the type is concrete, by autoref (the runtime's `engine/copier.rs`).
+fn copier(plan: &Plan) -> TokenStream {
+    let stored = stored_type(plan);
+    quote! {{
+        #[allow(unused_imports)]
+        use ::cache_runtime::__private::{L1ByClone as _, L1ByDecode as _};
+        // The borrow picks the answer: needless only when the type can be cloned.
+        #[allow(clippy::needless_borrow)]
+        let __cache_copier = (&::cache_runtime::__private::L1Probe::<#stored>::NEW).l1_copy();
+        __cache_copier
+    }}
 }
 
 /// The span of the stored type (`T` of `Result<T, E>` / `Option<T>`, else the return type).

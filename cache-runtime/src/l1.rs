@@ -9,11 +9,13 @@
 //!   empty (invalidations may have been missed meanwhile).
 //!
 //! The store is purpose-built so that a hit costs one keyed hash, one uncontended read
-//! lock, one map probe, one clock read and an `Arc` clone (no channel, no GC):
+//! lock, one map probe, one clock read and an `Arc` clone (no channel, no GC), plus a clone
+//! of the kept decoded value or, for types that cannot be cloned, a decode:
 //!
 //! - Shards (a power of two, up to 32) of `RwLock<Table>`, chosen by key hash, so reads
 //!   on several cores rarely touch the same lock. Each shard holds `max_entries / shards`
-//!   entries and `max_bytes / shards` bytes (key + value): the totals are hard bounds, and
+//!   entries and `max_bytes / shards` bytes (key + twice the value: room for the decoded copy
+//!   that hits of cloneable types return, `engine/copier.rs`): the totals are bounds, and
 //!   a value larger than one shard's byte share is simply not kept in L1.
 //! - Eviction is sampled LRU, as in Redis: a read stores a coarse (millisecond) last-use
 //!   stamp with a relaxed atomic; an insert over budget samples [`SAMPLES`] entries of its
@@ -33,10 +35,11 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::backend::invalidation::{Invalidated, Sink};
+use crate::backend::unix_ms;
 use crate::config::L1Config;
 use crate::fasthash::{KeyedHash, PassThrough};
 
@@ -76,10 +79,51 @@ impl Clock {
     }
 }
 
+/// A decoded copy of an entry's value (its type is the stored type of the call that kept it).
+pub(crate) type Kept = Box<dyn std::any::Any + Send + Sync>;
+
+/// What an entry holds: the bytes read from the store and, for types the L1 may clone
+/// (`engine/copier.rs`), the first decoded copy, which later hits clone instead of decoding.
+pub(crate) struct Held {
+    pub(crate) bytes: Arc<[u8]>,
+    decoded: OnceLock<Decoded>,
+}
+
+/// A decoded copy and when it stops being fresh.
+pub(crate) struct Decoded {
+    pub(crate) value: Kept,
+    /// The envelope's logical expiry (Unix ms), for refresh ahead.
+    pub(crate) fresh_until: Option<u64>,
+    /// The same instant on this L1's clock: a hit compares it with the clock reading it
+    /// already took, instead of reading the wall clock too. (The two clocks may drift
+    /// apart by the clock's slew over an entry's life, at most `CACHE_L1_MAX_TTL`.)
+    fresh_ms: Option<u64>,
+}
+
+impl Held {
+    /// The decoded copy, once a hit kept one.
+    pub(crate) fn decoded(&self) -> Option<&Decoded> {
+        self.decoded.get()
+    }
+}
+
+impl Decoded {
+    /// Past its logical expiry at `now_ms` (this L1's clock).
+    pub(crate) fn stale_at(&self, now_ms: u64) -> bool {
+        self.fresh_ms.is_some_and(|fresh| fresh <= now_ms)
+    }
+}
+
+/// An L1 hit: the entry, and the clock reading the hit was checked at.
+pub(crate) struct Hit {
+    pub(crate) held: Arc<Held>,
+    pub(crate) now_ms: u64,
+}
+
 struct Slot {
     hash: u64,
     key: Box<str>,
-    bytes: Arc<[u8]>,
+    held: Arc<Held>,
     /// Served only while the coarse clock is below this.
     expires_ms: u64,
     /// Coarse clock at the last read, for eviction.
@@ -87,8 +131,9 @@ struct Slot {
 }
 
 impl Slot {
+    /// The key, the bytes, and as much again for the decoded copy hits may keep.
     fn weight(&self) -> u64 {
-        (self.key.len() + self.bytes.len()) as u64
+        (self.key.len() + 2 * self.held.bytes.len()) as u64
     }
 }
 
@@ -303,7 +348,7 @@ impl L1 {
         self.healthy.load(Ordering::Acquire)
     }
 
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
+    pub(crate) fn get(&self, key: &str) -> Option<Hit> {
         if !self.is_healthy() {
             return None;
         }
@@ -319,7 +364,24 @@ impl L1 {
         if slot.last_used.load(Ordering::Relaxed) != now {
             slot.last_used.store(now, Ordering::Relaxed);
         }
-        Some(Arc::clone(&slot.bytes))
+        Some(Hit {
+            held: Arc::clone(&slot.held),
+            now_ms: now,
+        })
+    }
+
+    /// Keeps `value`, just decoded from `hit`'s bytes, for the entry's later hits (the
+    /// first copy kept wins; it is dropped with the entry).
+    pub(crate) fn keep(&self, hit: &Hit, value: Kept, fresh_until: Option<u64>) {
+        let fresh_ms = fresh_until.map(|until| {
+            let left = until.saturating_sub(unix_ms());
+            self.clock.precise_ms().saturating_add(left)
+        });
+        let _ = hit.held.decoded.set(Decoded {
+            value,
+            fresh_until,
+            fresh_ms,
+        });
     }
 
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
@@ -347,7 +409,10 @@ impl L1 {
         let slot = Slot {
             hash,
             key: key.into(),
-            bytes,
+            held: Arc::new(Held {
+                bytes,
+                decoded: OnceLock::new(),
+            }),
             expires_ms: ticket.start_ms.saturating_add(life_ms),
             last_used: AtomicU64::new(now),
         };
@@ -459,6 +524,42 @@ mod tests {
         assert!(l1.get("k").is_some());
         l1.healthy.store(false, Ordering::Release);
         assert!(l1.get("k").is_none());
+    }
+
+    #[test]
+    fn a_kept_copy_goes_with_its_entry_and_knows_its_logical_expiry() {
+        let l1 = healthy();
+        put(&l1, "k", b"v", Duration::from_secs(5));
+        let hit = l1.get("k").unwrap();
+        assert!(
+            hit.held.decoded().is_none(),
+            "nothing kept before a hit keeps it"
+        );
+        let fresh_until = unix_ms() + 60_000;
+        l1.keep(&hit, Box::new(7u32), Some(fresh_until));
+        let again = l1.get("k").unwrap();
+        let kept = again.held.decoded().unwrap();
+        assert_eq!(kept.value.downcast_ref::<u32>(), Some(&7));
+        assert_eq!(kept.fresh_until, Some(fresh_until));
+        assert!(!kept.stale_at(again.now_ms));
+        assert!(kept.stale_at(again.now_ms + 61_000));
+        // The first copy kept wins.
+        l1.keep(&again, Box::new(8u32), None);
+        let kept = l1.get("k").unwrap();
+        assert_eq!(
+            kept.held.decoded().unwrap().value.downcast_ref::<u32>(),
+            Some(&7)
+        );
+        // Past its logical expiry already when kept: stale at once.
+        put(&l1, "old", b"v", Duration::from_secs(5));
+        let old = l1.get("old").unwrap();
+        l1.keep(&old, Box::new(1u32), Some(unix_ms().saturating_sub(1)));
+        let old = l1.get("old").unwrap();
+        assert!(old.held.decoded().unwrap().stale_at(old.now_ms));
+        // A new fill of the key starts without a copy.
+        l1.invalidate_key("k");
+        put(&l1, "k", b"w", Duration::from_secs(5));
+        assert!(l1.get("k").unwrap().held.decoded().is_none());
     }
 
     #[test]
@@ -597,9 +698,10 @@ mod tests {
             ..L1Config::default()
         };
         let l1 = healthy_with(&config);
-        // 2 bytes of key + 30 of value: three fit in 100.
+        // 2 bytes of key + 15 of value, counted twice (room for a decoded copy): three
+        // fit in 100.
         for i in 0..10 {
-            put(&l1, &format!("k{i}"), &[0u8; 30], Duration::from_secs(60));
+            put(&l1, &format!("k{i}"), &[0u8; 15], Duration::from_secs(60));
             let (n, bytes) = l1.usage();
             assert!(bytes <= 100 && n <= 3, "{n} entries, {bytes} bytes");
         }

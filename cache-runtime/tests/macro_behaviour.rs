@@ -238,10 +238,12 @@ async fn version_bump_never_reads_old_values() {
     );
     // The old release stored a value for lookup(7).
     let stored =
-        cache_runtime::__private::cached_value(old, key_of_site(old, 7), async { 1u32 }).await;
+        cache_runtime::__private::cached_value(old, key_of_site(old, 7), None, async { 1u32 })
+            .await;
     assert_eq!(stored, 1);
     assert_eq!(
-        cache_runtime::__private::cached_value(old, key_of_site(old, 7), async { 2u32 }).await,
+        cache_runtime::__private::cached_value(old, key_of_site(old, 7), None, async { 2u32 })
+            .await,
         1
     );
     // The new release never sees it.

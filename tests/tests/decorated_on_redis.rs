@@ -249,11 +249,11 @@ async fn a_version_bump_never_reads_values_stored_in_redis_by_the_old_version() 
 
         // The old release stored a value for lookup(7), in Redis.
         assert_eq!(
-            cached_value(old, bump::call_key(old, 7), async { 1u32 }).await,
+            cached_value(old, bump::call_key(old, 7), None, async { 1u32 }).await,
             1
         );
         assert_eq!(
-            cached_value(old, bump::call_key(old, 7), async { 2u32 }).await,
+            cached_value(old, bump::call_key(old, 7), None, async { 2u32 }).await,
             1,
             "the old release reads its own value back"
         );
@@ -269,7 +269,7 @@ async fn a_version_bump_never_reads_values_stored_in_redis_by_the_old_version() 
         );
         // And the old release still reads its own (both live side by side until expiry).
         assert_eq!(
-            cached_value(old, bump::call_key(old, 7), async { 3u32 }).await,
+            cached_value(old, bump::call_key(old, 7), None, async { 3u32 }).await,
             1
         );
         // The version is a segment of the key (readable in redis-cli).

@@ -186,7 +186,7 @@ settings! {
     l1: bool = "CACHE_L1", value, parse::boolean, shown, Value("false");
     /// Most entries of the L1.
     l1_max_entries: u64 = "CACHE_L1_MAX_ENTRIES", value, parse::count::<1, { u64::MAX }>, shown, Value("10000");
-    /// Most bytes of the L1.
+    /// Most bytes of the L1 (keys, plus each value twice: its bytes and the decoded copy hits clone).
     l1_max_bytes: u64 = "CACHE_L1_MAX_BYTES", value, parse::count::<1, { u64::MAX }>, shown, Value("67108864");
     /// Longest an L1 entry is served, in seconds (never longer than its Redis TTL).
     l1_max_ttl: Duration = "CACHE_L1_MAX_TTL", value, parse::seconds, shown, Value("60");

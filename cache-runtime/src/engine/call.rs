@@ -13,6 +13,7 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
+use super::copier::Copier;
 use super::read::Entry;
 use super::resilience::{self, Detach, Finish, Locked};
 use super::site::{BoundRef, Selected, Site};
@@ -38,7 +39,13 @@ pub(crate) struct CallKey {
 
 /// Runs one decorated call. `D` says whether the body may finish after the call returned
 /// ([`Detached`](super::resilience::Detached): soft timeouts and refresh ahead need it).
-pub(crate) async fn run<S, R, Fut, D>(site: &'static Site, key: CallKey, body: Fut) -> R
+/// `copier`: L1 hits clone a kept decoded copy (stored types that allow it).
+pub(crate) async fn run<S, R, Fut, D>(
+    site: &'static Site,
+    key: CallKey,
+    copier: Option<Copier<S::Stored>>,
+    body: Fut,
+) -> R
 where
     S: Returns<R>,
     Fut: Future<Output = R>,
@@ -49,18 +56,19 @@ where
     let span = crate::metrics::spans::call(site);
     if span.is_disabled() {
         // Nobody listens: no enter/exit around every poll (a twentieth of an L1 hit).
-        return run_in::<S, R, Fut, D>(site, key, body, &span).await;
+        return run_in::<S, R, Fut, D>(site, key, copier, body, span).await;
     }
-    run_in::<S, R, Fut, D>(site, key, body, &span)
-        .instrument(span.clone())
+    run_in::<S, R, Fut, D>(site, key, copier, body, span.clone())
+        .instrument(span)
         .await
 }
 
 async fn run_in<S, R, Fut, D>(
     site: &'static Site,
     key: CallKey,
+    copier: Option<Copier<S::Stored>>,
     body: Fut,
-    span: &tracing::Span,
+    span: tracing::Span,
 ) -> R
 where
     S: Returns<R>,
@@ -82,14 +90,20 @@ where
         &bound.tail,
         hash,
     );
-    crate::metrics::spans::bind(span, &cache);
+    crate::metrics::spans::bind(&span, &cache);
     let r = bound.resilience;
     let mut store = true;
     let mut stale = None;
     let read = cache
-        .read_entry::<S::Stored>(&bound.counters, &full, &key.shape, !r.fail_safe.is_zero())
+        .read_entry::<S::Stored>(
+            &bound.counters,
+            &full,
+            &key.shape,
+            !r.fail_safe.is_zero(),
+            copier,
+        )
         .await;
-    crate::metrics::spans::read(span, &read);
+    crate::metrics::spans::read(&span, &read);
     match read {
         Ok(Entry::Fresh { value, fresh_until }) => {
             if let (Some(fraction), Some(until)) = (r.refresh_ahead, fresh_until) {

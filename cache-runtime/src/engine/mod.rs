@@ -8,6 +8,8 @@
 //!   with the rules for when not to store);
 //! - `resilience.rs`: fail-safe, soft timeouts, refresh ahead and the distributed lock
 //!   around a decorated call's body;
+//! - `copier.rs`: which stored types an L1 hit clones from a kept decoded copy instead of
+//!   decoding;
 //! - `returns.rs`: which part of a return value is stored (`Result`: `Ok`; `Option`: `Some`);
 //! - `site.rs`: what a decorated function knows at compile time, and the state derived from
 //!   it once.
@@ -16,6 +18,7 @@
 //! process (`flight.rs`), the counters (`counters.rs`), the L1 and the backend.
 
 pub(crate) mod call;
+pub(crate) mod copier;
 pub(crate) mod read;
 pub(crate) mod resilience;
 pub(crate) mod returns;

@@ -19,7 +19,7 @@
 //! | `cache_shape_mismatches_total` | counter | `namespace` | misses on a value written for another shape of the type (also a miss) |
 //! | `cache_refreshes_total` | counter | `namespace` | bodies run in the background (`refresh_ahead`, after a soft timeout) |
 //! | `cache_lock_waits_total` | counter | `namespace` | misses that waited for another process's body (`distributed_lock`) |
-//! | `cache_read_duration_seconds` | histogram | `namespace` | one read: L1 or store round trip, decoding included |
+//! | `cache_read_duration_seconds` | histogram | `namespace` | one store read (round trip and decoding; L1 hits are counted, not timed) |
 //! | `cache_write_duration_seconds` | histogram | `namespace` | one store write (fence, round trip), failed ones included |
 //! | `cache_body_duration_seconds` | histogram | `namespace` | one run of a decorated function's body on a miss |
 //! | `cache_circuit_open` | gauge | | 1 while calls bypass Redis after repeated faults, else 0 |
@@ -95,7 +95,7 @@ mod enabled {
         SHAPE_MISMATCHES = "cache_shape_mismatches_total", "Misses on a value written for another shape of its type, by another build.";
         REFRESHES = "cache_refreshes_total", "Bodies run in the background to renew an entry (refresh_ahead, or after a soft timeout).";
         LOCK_WAITS = "cache_lock_waits_total", "Misses that waited for another process running the same body (distributed_lock).";
-        READ_SECONDS = "cache_read_duration_seconds", "Duration of one cache read (L1 or store, decoding included).";
+        READ_SECONDS = "cache_read_duration_seconds", "Duration of one store read, decoding included (L1 hits are counted, not timed).";
         WRITE_SECONDS = "cache_write_duration_seconds", "Duration of one store write (failed ones included).";
         BODY_SECONDS = "cache_body_duration_seconds", "Duration of one run of a decorated function's body on a miss.";
         CIRCUIT_OPEN = "cache_circuit_open", "1 while calls bypass Redis after repeated connection faults, else 0.";

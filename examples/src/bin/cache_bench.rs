@@ -21,7 +21,7 @@
 //!
 //! ```text
 //! cargo build --release -p cache-examples --bin cache-bench
-//! for side in ours raw l1; do for n in 2000 4000; do
+//! for side in ours raw l1 harness; do for n in 2000 4000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.$side.$n \
 //!     target/release/cache-bench --profile $side --calls $n
 //! done; done
@@ -29,9 +29,11 @@
 //! # instructions per hit = (I(4000) - I(2000)) / 2000
 //! ```
 //!
-//! `--profile ours|raw|l1 --calls N` starts the server, warms 100 keys, makes N sequential
-//! hits of that side only (ours: the global cache; l1: a second cache with `CACHE_L1=true`,
-//! through `with_cache`, as in row e), checks them like any row and prints one line. Under
+//! `--profile ours|raw|l1|harness --calls N` starts the server, warms 100 keys, makes N
+//! sequential hits of that side only (ours: the global cache; l1: a second cache with
+//! `CACHE_L1=true`, through `with_cache`, as in row e; harness: a call that does nothing, the
+//! measuring loop's own cost, which every other figure includes), checks them like any row
+//! and prints one line. Under
 //! valgrind the L1's invalidation heartbeat can miss its deadline, which turns the L1 off:
 //! the run then says INVALID and exits with 1; run it again.
 
@@ -52,7 +54,8 @@ use std::time::Instant;
 use harness::{Checked, Load, Pattern, Side};
 use setup::{us, Bench, Row, Sizes, FULL, SMOKE};
 
-const USAGE: &str = "usage: cache-bench [--smoke] | cache-bench --profile ours|raw|l1 --calls N";
+const USAGE: &str =
+    "usage: cache-bench [--smoke] | cache-bench --profile ours|raw|l1|harness --calls N";
 
 /// Which side `--profile` runs.
 #[derive(Clone, Copy, Debug)]
@@ -60,6 +63,9 @@ enum Profiled {
     Ours,
     Raw,
     L1,
+    /// The harness alone (a call that does nothing): its instructions per call are in
+    /// every other profile's figure.
+    Harness,
 }
 
 impl Profiled {
@@ -68,6 +74,7 @@ impl Profiled {
             Self::Ours => "ours",
             Self::Raw => "raw",
             Self::L1 => "l1",
+            Self::Harness => "harness",
         }
     }
 }
@@ -90,7 +97,12 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
                     Some("ours") => Profiled::Ours,
                     Some("raw") => Profiled::Raw,
                     Some("l1") => Profiled::L1,
-                    other => return Err(format!("--profile takes ours, raw or l1, not {other:?}")),
+                    Some("harness") => Profiled::Harness,
+                    other => {
+                        return Err(format!(
+                            "--profile takes ours, raw, l1 or harness, not {other:?}"
+                        ))
+                    }
                 });
             }
             "--calls" => {
@@ -191,6 +203,13 @@ async fn profile(side: Profiled, calls: usize) -> Result<(String, Vec<String>), 
         Profiled::L1 => {
             let cache = standalone::l1_cache(&b, keys).await?;
             standalone::l1_run(&cache, calls, keys).await?
+        }
+        Profiled::Harness => {
+            let nothing = Side::global("harness", |id: u32| async move {
+                std::hint::black_box(id);
+                Ok(())
+            });
+            harness::solo(&[], &nothing, load, None).await?
         }
     };
     let stats = run.samples.stats();

@@ -1,0 +1,163 @@
+//! L1 hits of decorated functions whose stored type is `Clone + Send + Sync` return a clone
+//! of a decoded copy the L1 keeps beside the bytes (no decoding); other types decode on
+//! every hit. On a real server, with two caches standing for two processes:
+//!
+//! - the kept copy never outlives its entry: another process's invalidation drops it, and
+//!   the next hit clones the new value;
+//! - a caller that mutates what it got does not change what the next hit returns;
+//! - a type that cannot be cloned is still served by the L1, decoded.
+//!
+//! Every test first shows that the L1 served (its hit counter grew).
+
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use cache_runtime::{cache_result, with_cache, Cache, CacheConfig};
+use cache_tests::RedisServer;
+use serde::{Deserialize, Serialize};
+
+const NS: &str = "l1copy";
+
+fn l1_cache(server: &RedisServer) -> Cache {
+    let config = CacheConfig::builder()
+        .url(server.url())
+        .l1(true)
+        .connect_timeout(Duration::from_secs(2))
+        .socket_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid config");
+    Cache::new(config).expect("cache")
+}
+
+fn l1_hits(cache: &Cache) -> u64 {
+    cache.counters().get(NS).map_or(0, |c| c.l1_hits)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Report {
+    id: u32,
+    version: u64,
+    owner: String,
+    series: Vec<f64>,
+}
+
+static REPORT_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[cache_result(ttl = 600, namespace = "l1copy")]
+async fn report(id: u32) -> Report {
+    let version = REPORT_RUNS.fetch_add(1, SeqCst) + 1;
+    Report {
+        id,
+        version,
+        owner: format!("user_{id}"),
+        series: vec![0.5; 8],
+    }
+}
+
+/// Not `Clone`: served from the L1 by decoding its bytes.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Sealed {
+    id: u32,
+    words: Vec<String>,
+}
+
+#[cache_result(ttl = 600, namespace = "l1copy")]
+async fn sealed(id: u32) -> Sealed {
+    Sealed {
+        id,
+        words: vec!["a".to_owned(), format!("w{id}")],
+    }
+}
+
+#[cache_result(ttl = 600, namespace = "l1copy")]
+async fn series(id: u32) -> Vec<u64> {
+    vec![u64::from(id); 4]
+}
+
+/// Calls `call` in `cache` until one call is an L1 hit (a first read may rightly not fill);
+/// returns that call's value. Panics if none is within 5 s.
+async fn until_l1_hit<T, F: std::future::Future<Output = T>>(
+    cache: &Cache,
+    mut call: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        let before = l1_hits(cache);
+        let value = with_cache(cache.clone(), call()).await;
+        if l1_hits(cache) > before {
+            return value;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never served from the L1 (active: {}): {:?}",
+            cache.l1_active(),
+            cache.counters()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_copy_never_outlives_an_invalidation_from_another_process() {
+    let server = RedisServer::plain();
+    let (a, b) = (l1_cache(&server), l1_cache(&server));
+    let first = until_l1_hit(&a, || report(7)).await;
+    assert_eq!(first.id, 7);
+    // Hits keep returning the kept copy: equal values, and the body did not run again.
+    let runs = REPORT_RUNS.load(SeqCst);
+    for _ in 0..20 {
+        assert_eq!(with_cache(a.clone(), report(7)).await, first);
+    }
+    assert_eq!(REPORT_RUNS.load(SeqCst), runs, "hits ran the body");
+
+    // Process B removes the entry: A's L1 drops it (and its kept copy) within 100 ms, so
+    // A's next call runs the body and returns the new version.
+    assert!(with_cache(b.clone(), report_invalidate(&7)).await.unwrap());
+    let start = Instant::now();
+    let newer = loop {
+        let got = with_cache(a.clone(), report(7)).await;
+        if got.version != first.version {
+            break got;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(100),
+            "A served the invalidated copy for {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert!(newer.version > first.version);
+    // And the L1 serves the new value from then on, never the old copy.
+    let again = until_l1_hit(&a, || report(7)).await;
+    assert_eq!(again, newer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_a_returned_value_does_not_change_the_next_hit() {
+    let server = RedisServer::plain();
+    let cache = l1_cache(&server);
+    let mut got = until_l1_hit(&cache, || series(3)).await;
+    assert_eq!(got, vec![3; 4]);
+    got.push(99);
+    got[0] = 0;
+    let before = l1_hits(&cache);
+    assert_eq!(with_cache(cache.clone(), series(3)).await, vec![3; 4]);
+    assert!(l1_hits(&cache) > before, "the second read was an L1 hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_that_cannot_be_cloned_is_decoded_on_every_hit() {
+    let server = RedisServer::plain();
+    let cache = l1_cache(&server);
+    let first = until_l1_hit(&cache, || sealed(5)).await;
+    let expected = Sealed {
+        id: 5,
+        words: vec!["a".to_owned(), "w5".to_owned()],
+    };
+    assert_eq!(first, expected);
+    let before = l1_hits(&cache);
+    for _ in 0..10 {
+        assert_eq!(with_cache(cache.clone(), sealed(5)).await, expected);
+    }
+    assert_eq!(l1_hits(&cache), before + 10, "every read was an L1 hit");
+}
