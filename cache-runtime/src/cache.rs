@@ -2,6 +2,7 @@
 //! optional L1, and the flights of this process.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +26,10 @@ pub(crate) struct Inner {
     /// Concurrent reads of one key share one round trip.
     pub(crate) reads: Flights,
     pub(crate) l1: Option<Arc<L1>>,
-    /// Whether the publisher of figures for `cachectl top` runs (`stats_publisher`).
-    pub(crate) stats: crate::stats_publisher::State,
+    /// Whether the publisher of figures for `cachectl top` runs (its states and the task
+    /// are in `stats_publisher`, which is started by the layers above: engine, manual,
+    /// service).
+    pub(crate) stats: AtomicU8,
     /// Unique for the process's lifetime (an address could be reused after a drop).
     serial: u64,
 }
@@ -97,7 +100,7 @@ impl Cache {
                 flights: Arc::default(),
                 reads: Flights::default(),
                 l1,
-                stats: crate::stats_publisher::State::default(),
+                stats: AtomicU8::new(0),
                 serial: {
                     static NEXT: std::sync::atomic::AtomicU64 =
                         std::sync::atomic::AtomicU64::new(1);
@@ -171,9 +174,6 @@ impl Cache {
     }
 
     pub(crate) fn counters_for(&self, namespace: &str) -> Arc<Counters> {
-        // Where a cache is first used from inside a runtime (once per call site, and per
-        // manual operation at the cost of one relaxed load).
-        crate::stats_publisher::start(self);
         self.inner.counters.of(namespace)
     }
 

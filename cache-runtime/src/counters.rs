@@ -24,7 +24,7 @@ pub(crate) struct Counters {
     pub(crate) lock_waits: AtomicU64,
     /// Facade handles (registered once, here, never per call) and latency histograms.
     #[cfg(feature = "metrics")]
-    pub(crate) metrics: crate::metrics::NamespaceMetrics,
+    pub(crate) metrics: crate::metrics::handles::NamespaceMetrics,
 }
 
 /// A moment a latency is measured from: an `Instant` with the feature `metrics`, nothing
@@ -87,7 +87,7 @@ impl Counters {
             refreshes: AtomicU64::new(0),
             lock_waits: AtomicU64::new(0),
             #[cfg(feature = "metrics")]
-            metrics: crate::metrics::NamespaceMetrics::new(namespace),
+            metrics: crate::metrics::handles::NamespaceMetrics::new(namespace),
         }
     }
 

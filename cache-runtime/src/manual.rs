@@ -232,7 +232,7 @@ impl<'a> NamespaceCache<'a> {
             ));
         }
         self.tags.iter().try_for_each(|t| check_tag(t))?;
-        let counters = self.cache.counters_for(self.ns.as_str());
+        let counters = crate::stats_publisher::counters_of(self.cache, self.ns.as_str());
         self.cache
             .write_value(
                 &counters,
@@ -250,7 +250,7 @@ impl<'a> NamespaceCache<'a> {
         &self,
         key: &str,
     ) -> Result<Option<T>, CacheError> {
-        let counters = self.cache.counters_for(self.ns.as_str());
+        let counters = crate::stats_publisher::counters_of(self.cache, self.ns.as_str());
         self.cache
             .read_value(&counters, &self.key(key), &shape_of::<T>())
             .await

@@ -111,7 +111,7 @@ impl CacheService {
         self.tags
             .iter()
             .try_for_each(|t| crate::manual::check_tag(t))?;
-        let counters = self.cache.counters_for(ns.as_str());
+        let counters = crate::stats_publisher::counters_of(&self.cache, ns.as_str());
         self.cache
             .write_value(
                 &counters,
@@ -131,7 +131,7 @@ impl CacheService {
         rest: &[&str],
     ) -> Result<Option<T>, CacheError> {
         let key = self.cache.keys().user_scoped(ns.as_str(), user_id, rest);
-        let counters = self.cache.counters_for(ns.as_str());
+        let counters = crate::stats_publisher::counters_of(&self.cache, ns.as_str());
         self.cache
             .read_value(&counters, &key, &shape_of::<T>())
             .await

@@ -53,7 +53,7 @@
 //! (feature `http`) shows the same figures.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{StatsKey, Store as _};
 use crate::cache::{Cache, Inner};
-use crate::counters::NamespaceCounters;
+use crate::counters::{Counters, NamespaceCounters};
 use crate::error::{AuthCause, CacheError};
 use crate::key::KeyBuilder;
 
@@ -222,9 +222,7 @@ pub(crate) fn snapshot(cache: &Cache, instance: &str) -> Snapshot {
 
 pub(crate) use crate::backend::unix_ms;
 
-/// Whether a cache's publisher runs.
-#[derive(Debug, Default)]
-pub(crate) struct State(AtomicU8);
+// The states of `Inner::stats`, whether a cache's publisher runs.
 
 /// Not started (or its runtime ended: the next call starts it again).
 const IDLE: u8 = 0;
@@ -232,11 +230,18 @@ const RUNNING: u8 = 1;
 /// Never: the embedded store, or Redis refused the stats key (one warning said so).
 const OFF: u8 = 2;
 
+/// `namespace`'s counters in `cache`, where a cache is first used from inside a runtime
+/// (once per call site, and per manual operation at the cost of one relaxed load): so the
+/// publisher starts there too.
+pub(crate) fn counters_of(cache: &Cache, namespace: &str) -> Arc<Counters> {
+    start_once(cache);
+    cache.counters_for(namespace)
+}
+
 /// Starts `cache`'s publisher, once, from inside a Tokio runtime (outside one a later call
-/// starts it). Costs one relaxed load once started: it runs where a namespace's counters
-/// are looked up.
-pub(crate) fn start(cache: &Cache) {
-    let state = &cache.inner.stats.0;
+/// starts it). Costs one relaxed load once started.
+fn start_once(cache: &Cache) {
+    let state = &cache.inner.stats;
     if state.load(Ordering::Relaxed) != IDLE {
         return;
     }
@@ -268,7 +273,6 @@ impl Drop for Reset {
             let _ =
                 inner
                     .stats
-                    .0
                     .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
@@ -293,7 +297,7 @@ async fn run(weak: Weak<Inner>, instance: String) {
                     }
                 }
                 None => {
-                    cache.inner.stats.0.store(OFF, Ordering::Relaxed);
+                    cache.inner.stats.store(OFF, Ordering::Relaxed);
                     return;
                 }
             }
@@ -413,7 +417,7 @@ mod tests {
     #[test]
     fn the_embedded_store_never_publishes() {
         let cache = Cache::in_memory();
-        start(&cache);
-        assert_eq!(cache.inner.stats.0.load(Ordering::Relaxed), OFF);
+        start_once(&cache);
+        assert_eq!(cache.inner.stats.load(Ordering::Relaxed), OFF);
     }
 }

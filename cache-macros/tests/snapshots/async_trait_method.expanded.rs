@@ -38,6 +38,18 @@ impl Repo for Pg {
             >(
                     &__CACHE_SITE,
                     __cache_key,
+                    {
+                        #[allow(unused_imports)]
+                        use ::cache_runtime::__private::{
+                            L1ByClone as _, L1ByDecode as _,
+                        };
+                        #[allow(clippy::needless_borrow)]
+                        let __cache_copier = (&::cache_runtime::__private::L1Probe::<
+                            Row,
+                        >::NEW)
+                            .l1_copy();
+                        __cache_copier
+                    },
                     async move {
                         let __self = self;
                         let id = id;

@@ -30,6 +30,16 @@ where
     >(
             &__CACHE_SITE,
             __cache_key,
+            {
+                #[allow(unused_imports)]
+                use ::cache_runtime::__private::{L1ByClone as _, L1ByDecode as _};
+                #[allow(clippy::needless_borrow)]
+                let __cache_copier = (&::cache_runtime::__private::L1Probe::<
+                    String,
+                >::NEW)
+                    .l1_copy();
+                __cache_copier
+            },
             async move {
                 #[allow(
                     unknown_lints,

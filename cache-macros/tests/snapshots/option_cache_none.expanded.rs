@@ -20,6 +20,16 @@ async fn find(id: u64) -> Option<User> {
     >(
             &__CACHE_SITE,
             __cache_key,
+            {
+                #[allow(unused_imports)]
+                use ::cache_runtime::__private::{L1ByClone as _, L1ByDecode as _};
+                #[allow(clippy::needless_borrow)]
+                let __cache_copier = (&::cache_runtime::__private::L1Probe::<
+                    Option<User>,
+                >::NEW)
+                    .l1_copy();
+                __cache_copier
+            },
             async move {
                 #[allow(
                     unknown_lints,

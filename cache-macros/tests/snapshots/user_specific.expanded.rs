@@ -25,6 +25,16 @@ pub(crate) async fn generate_user_report(
     >(
             &__CACHE_SITE,
             __cache_key,
+            {
+                #[allow(unused_imports)]
+                use ::cache_runtime::__private::{L1ByClone as _, L1ByDecode as _};
+                #[allow(clippy::needless_borrow)]
+                let __cache_copier = (&::cache_runtime::__private::L1Probe::<
+                    Report,
+                >::NEW)
+                    .l1_copy();
+                __cache_copier
+            },
             async move {
                 #[allow(
                     unknown_lints,

@@ -200,7 +200,7 @@ impl Site {
             cache: cache.id(),
             head,
             tail,
-            counters: cache.counters_for(self.namespace),
+            counters: crate::stats_publisher::counters_of(cache, self.namespace),
             ttl: if self.ttl_secs == 0 {
                 cache.ttl_for(self.namespace)
             } else {

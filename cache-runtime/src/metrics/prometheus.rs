@@ -5,12 +5,13 @@
 
 use std::fmt::Write as _;
 
-use super::histogram::HistogramSnapshot;
-use super::{
-    Def, Stats, BODY_SECONDS, CIRCUIT_OPEN, ERRORS, EVICTIONS, HITS, L1_BYTES, L1_ENTRIES,
-    LOCK_WAITS, MISSES, POOL_CONNECTIONS, POOL_MAX_CONNECTIONS, READ_SECONDS, REFRESHES,
-    SHAPE_MISMATCHES, STALE_SERVED, STORES, WRITE_SECONDS,
+use super::handles::{
+    Def, BODY_SECONDS, CIRCUIT_OPEN, ERRORS, EVICTIONS, HITS, L1_BYTES, L1_ENTRIES, LOCK_WAITS,
+    MISSES, POOL_CONNECTIONS, POOL_MAX_CONNECTIONS, READ_SECONDS, REFRESHES, SHAPE_MISMATCHES,
+    STALE_SERVED, STORES, WRITE_SECONDS,
 };
+use super::histogram::HistogramSnapshot;
+use super::Stats;
 use crate::counters::NamespaceCounters;
 
 /// A label value with `\`, `"` and line feeds escaped, as the format wants. Namespaces are
