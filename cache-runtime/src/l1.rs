@@ -373,8 +373,10 @@ impl L1 {
     /// Keeps `value`, just decoded from `hit`'s bytes, for the entry's later hits (the
     /// first copy kept wins; it is dropped with the entry).
     pub(crate) fn keep(&self, hit: &Hit, value: Kept, fresh_until: Option<u64>) {
+        // Less the millisecond truncation of both clocks ([`LEAD_MS`]): never served as
+        // fresh after `fresh_until`, at worst 2 ms early.
         let fresh_ms = fresh_until.map(|until| {
-            let left = until.saturating_sub(unix_ms());
+            let left = until.saturating_sub(unix_ms()).saturating_sub(LEAD_MS);
             self.clock.precise_ms().saturating_add(left)
         });
         let _ = hit.held.decoded.set(Decoded {
