@@ -329,7 +329,14 @@ pub(crate) async fn lock_or_wait<T: Serialize + DeserializeOwned>(
     let lock = lock_key(key);
     let token = token();
     match backend.try_lock(&lock, &token, lease).await {
-        Ok(true) => return Locked::Taken(lock, token),
+        Ok(true) => {
+            let locked = taken_unless_stored(cache, key, shape, lock, token).await;
+            if matches!(locked, Locked::Value(..)) {
+                // Answered by another process's run, like a wait that found the value.
+                on_wait();
+            }
+            return locked;
+        }
         Ok(false) => {}
         Err(e) => {
             tracing::debug!(target: "cache_runtime::store", key, error = %e, "distributed lock unavailable; running the function");
@@ -351,17 +358,86 @@ pub(crate) async fn lock_or_wait<T: Serialize + DeserializeOwned>(
         }
         step = (step * 2).min(Duration::from_millis(50));
         // The owner stores before it releases: a fresh value means it is done.
-        if let Ok(Some(bytes)) = backend.get(key).await {
-            if let Ok((value, until)) = cache.codec().decode_timed::<T>(&bytes, shape) {
-                if until.is_none_or(|u| u > unix_ms()) {
-                    return Locked::Value(bytes.into_shared(), value);
-                }
-            }
+        if let Some((bytes, value)) = fresh_value(cache, key, shape).await {
+            return Locked::Value(bytes, value);
         }
         match backend.try_lock(&lock, &token, lease).await {
-            Ok(true) => return Locked::Taken(lock, token),
+            Ok(true) => return taken_unless_stored(cache, key, shape, lock, token).await,
             Ok(false) => {}
             Err(_) => return Locked::Unavailable,
         }
+    }
+}
+
+/// A fresh value of `key` in the store, decoded.
+async fn fresh_value<T: Serialize + DeserializeOwned>(
+    cache: &Cache,
+    key: &str,
+    shape: &Shape,
+) -> Option<(Arc<[u8]>, T)> {
+    let bytes = cache.inner.backend.get(key).await.ok()??;
+    let (value, until) = cache.codec().decode_timed::<T>(&bytes, shape).ok()?;
+    until
+        .is_none_or(|u| u > unix_ms())
+        .then(|| (bytes.into_shared(), value))
+}
+
+/// The lock just taken, unless the value is stored already: a caller whose read missed
+/// just before another process stored and released would otherwise run the body a second
+/// time. The owner stores before it releases, so a lock taken after a release sees the
+/// store. Then the lock is given back and the stored value used.
+async fn taken_unless_stored<T: Serialize + DeserializeOwned>(
+    cache: &Cache,
+    key: &str,
+    shape: &Shape,
+    lock: String,
+    token: String,
+) -> Locked<T> {
+    let Some((bytes, value)) = fresh_value(cache, key, shape).await else {
+        return Locked::Taken(lock, token);
+    };
+    if let Err(e) = cache.inner.backend.unlock(&lock, &token).await {
+        // Waiters find the value at their next look; the lease frees the lock.
+        tracing::debug!(target: "cache_runtime::store", key, error = %e, "could not release a lock taken after the value was stored");
+    }
+    Locked::Value(bytes, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{lock_or_wait, Locked};
+    use crate::cache::Cache;
+    use crate::config::CacheConfig;
+    use crate::counters::Counters;
+    use crate::shape::shape_of;
+
+    /// A caller whose read missed just before another process stored its value and
+    /// released the lock takes the free lock; it must use the stored value, not run the
+    /// body a second time. (The embedded store's lock is always free: the race, settled.)
+    #[tokio::test]
+    async fn a_lock_taken_after_the_value_was_stored_yields_the_value() {
+        let cache = Cache::new(CacheConfig::default()).expect("embedded cache");
+        let shape = shape_of::<u32>();
+        let counters = Counters::new("n");
+        let (key, lease) = ("p:n:k", Duration::from_secs(1));
+        let mut waited = false;
+        let locked = lock_or_wait::<u32>(&cache, key, &shape, lease, lease, || waited = true);
+        assert!(
+            matches!(locked.await, Locked::Taken(..)),
+            "nothing stored: run"
+        );
+        assert!(!waited);
+        cache
+            .write_value(&counters, key, (&7u32, &shape), None, None, &[])
+            .await
+            .expect("stored");
+        let locked = lock_or_wait::<u32>(&cache, key, &shape, lease, lease, || waited = true);
+        assert!(
+            matches!(locked.await, Locked::Value(_, 7)),
+            "stored: use it"
+        );
+        assert!(waited, "counted as answered by another run");
     }
 }
