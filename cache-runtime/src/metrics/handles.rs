@@ -35,7 +35,7 @@ defs! {
     POOL_CONNECTIONS = "cache_pool_connections", "Redis connections opened.";
     POOL_MAX_CONNECTIONS = "cache_pool_max_connections", "Most Redis connections the pool may open (REDIS_CONNECTION_POOL_MAX_SIZE).";
     L1_ENTRIES = "cache_l1_entries", "Entries held by the in-process L1.";
-    L1_BYTES = "cache_l1_bytes", "Bytes (keys and values) held by the in-process L1.";
+    L1_BYTES = "cache_l1_bytes", "Bytes the in-process L1 counts against CACHE_L1_MAX_BYTES (keys, and each value twice: its bytes and room for its decoded copy).";
     EVICTIONS = "cache_evictions_total", "Entries the embedded store evicted to stay within its bounds.";
 }
 
