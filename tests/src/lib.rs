@@ -839,3 +839,16 @@ fn openssl(dir: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A cache with an L1 on `url` (2 s connect and socket timeouts): one process of the L1
+/// tests, which stand two or more of them side by side.
+pub fn l1_cache_at(url: String) -> cache_runtime::Cache {
+    let config = cache_runtime::CacheConfig::builder()
+        .url(url)
+        .l1(true)
+        .connect_timeout(Duration::from_secs(2))
+        .socket_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid config");
+    cache_runtime::Cache::new(config).expect("cache")
+}

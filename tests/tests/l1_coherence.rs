@@ -15,20 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{Cache, CacheConfig};
-use cache_tests::{raw_async_client, RedisServer};
+use cache_runtime::Cache;
+use cache_tests::{l1_cache_at, raw_async_client, RedisServer};
 use reliability_support::tap::TapProxy;
-
-fn l1_cache_at(url: String) -> Cache {
-    let config = CacheConfig::builder()
-        .url(url)
-        .l1(true)
-        .connect_timeout(Duration::from_secs(2))
-        .socket_timeout(Duration::from_secs(2))
-        .build()
-        .expect("valid config");
-    Cache::new(config).expect("cache")
-}
 
 fn l1_cache(server: &RedisServer) -> Cache {
     l1_cache_at(server.url())

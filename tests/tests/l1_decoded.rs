@@ -5,28 +5,21 @@
 //! - the kept copy never outlives its entry: another process's invalidation drops it, and
 //!   the next hit clones the new value;
 //! - a caller that mutates what it got does not change what the next hit returns;
-//! - a type that cannot be cloned is still served by the L1, decoded.
+//! - a type that cannot be cloned is still served by the L1 (decoded: no copy is kept).
 //!
 //! Every test first shows that the L1 served (its hit counter grew).
 
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cache_result, with_cache, Cache, CacheConfig};
-use cache_tests::RedisServer;
+use cache_runtime::{cache_result, with_cache, Cache};
+use cache_tests::{l1_cache_at, RedisServer};
 use serde::{Deserialize, Serialize};
 
 const NS: &str = "l1copy";
 
 fn l1_cache(server: &RedisServer) -> Cache {
-    let config = CacheConfig::builder()
-        .url(server.url())
-        .l1(true)
-        .connect_timeout(Duration::from_secs(2))
-        .socket_timeout(Duration::from_secs(2))
-        .build()
-        .expect("valid config");
-    Cache::new(config).expect("cache")
+    l1_cache_at(server.url())
 }
 
 fn l1_hits(cache: &Cache) -> u64 {
@@ -146,7 +139,7 @@ async fn mutating_a_returned_value_does_not_change_the_next_hit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_type_that_cannot_be_cloned_is_decoded_on_every_hit() {
+async fn a_type_that_cannot_be_cloned_is_still_served_by_the_l1() {
     let server = RedisServer::plain();
     let cache = l1_cache(&server);
     let first = until_l1_hit(&cache, || sealed(5)).await;

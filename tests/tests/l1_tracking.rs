@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use cache_runtime::{Cache, CacheConfig};
-use cache_tests::{raw_async_client, ClusterOptions, RedisCluster, RedisServer, ServerConfig};
+use cache_tests::{
+    l1_cache_at, raw_async_client, ClusterOptions, RedisCluster, RedisServer, ServerConfig,
+};
 use reliability_support::tap::TapProxy;
 use tokio::sync::mpsc;
 
@@ -702,17 +704,6 @@ async fn foreign_sets(
 }
 
 // ------------------------------------------------------------------ in-process cases
-
-fn l1_cache_at(url: String) -> Cache {
-    let config = CacheConfig::builder()
-        .url(url)
-        .l1(true)
-        .connect_timeout(Duration::from_secs(2))
-        .socket_timeout(Duration::from_secs(2))
-        .build()
-        .expect("valid config");
-    Cache::new(config).expect("cache")
-}
 
 /// Polls `check` until it holds or `limit` passes; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
