@@ -201,6 +201,39 @@ impl CacheError {
         }
     }
 
+    /// The same fault for another request that shared this one's round trip (a batched
+    /// read): the variants a request can fail with are copied; any other is passed on as
+    /// its message.
+    pub(crate) fn shared_copy(&self) -> Self {
+        match self {
+            Self::Unreachable { endpoint, detail } => Self::Unreachable {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            },
+            Self::Tls { endpoint, detail } => Self::Tls {
+                endpoint: endpoint.clone(),
+                detail: detail.clone(),
+            },
+            Self::Auth { detail, cause } => Self::Auth {
+                detail: detail.clone(),
+                cause: *cause,
+            },
+            Self::Timeout(after) => Self::Timeout(*after),
+            Self::Unavailable => Self::Unavailable,
+            Self::Server { code, detail } => Self::Server {
+                code: code.clone(),
+                detail: detail.clone(),
+            },
+            Self::WrongType => Self::WrongType,
+            Self::WrongTopology(why) => Self::WrongTopology(why.clone()),
+            Self::NoRuntime => Self::NoRuntime,
+            other => Self::Server {
+                code: String::new(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
     /// Whether the error is a connection-level fault (counts toward the circuit breaker):
     /// a store after one would most likely fail the same way.
     pub fn is_connection_fault(&self) -> bool {

@@ -175,6 +175,8 @@ pub struct RedisConfig {
     pub tls: Option<TlsConfig>,
     /// Upper bound of connections.
     pub pool_max_size: NonZeroUsize,
+    /// Concurrent GETs go out as one MGET (standalone servers; `REDIS_BATCH_READS`).
+    pub batch_reads: bool,
     /// Per-command timeout.
     pub socket_timeout: Duration,
     /// Per-connect timeout.

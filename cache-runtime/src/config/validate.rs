@@ -172,6 +172,7 @@ impl CacheConfigBuilder {
                 self.pool_max_size,
                 DEFAULT_POOL_MAX_SIZE,
             ),
+            batch_reads: self.batch_reads.unwrap_or(true),
             socket_timeout: errors.positive(
                 "REDIS_SOCKET_TIMEOUT",
                 self.socket_timeout,

@@ -29,12 +29,15 @@
 //! # instructions per hit = (I(4000) - I(2000)) / 2000
 //! ```
 //!
-//! `--profile ours|raw|l1|harness --calls N` starts the server, warms 100 keys, makes N
-//! sequential hits of that side only (ours: the global cache; l1: a second cache with
-//! `CACHE_L1=true`, through `with_cache`, as in row e; harness: a call that does nothing, the
-//! measuring loop's own cost, which every other figure includes), checks them like any row
-//! and prints one line. Under
-//! valgrind the L1's invalidation heartbeat can miss its deadline, which turns the L1 off:
+//! The concurrent figure: the same with `--tasks 64` and N of 6400 and 32000 (the marginal
+//! over 25,600 calls), for `ours`, `unbatched` and `raw`.
+//!
+//! `--profile ours|unbatched|raw|l1|harness --calls N [--tasks T]` starts the server, warms
+//! the keys, makes N hits of that side only, sequential or by T tasks on disjoint keys (ours:
+//! the global cache; unbatched: a second cache with `REDIS_BATCH_READS=false`, as in row b4;
+//! l1: a second cache with `CACHE_L1=true`, through `with_cache`, as in row e; harness: a
+//! call that does nothing, the measuring loop's own cost, which every other figure includes),
+//! checks them like any row and prints one line. Under valgrind the L1's invalidation heartbeat can miss its deadline, which turns the L1 off:
 //! the run then says INVALID and exits with 1; run it again.
 
 #[path = "cache_bench/cluster.rs"]
@@ -54,13 +57,16 @@ use std::time::Instant;
 use harness::{Checked, Load, Pattern, Side};
 use setup::{us, Bench, Row, Sizes, FULL, SMOKE};
 
-const USAGE: &str =
-    "usage: cache-bench [--smoke] | cache-bench --profile ours|raw|l1|harness --calls N";
+const USAGE: &str = "usage: cache-bench [--smoke] [--only ROWS] | cache-bench --profile ours|unbatched|raw|l1|harness --calls N
+  --only ROWS   only the rows whose letters are given, e.g. --only b or --only abj
+  --tasks T     (with --profile ours|unbatched|raw|harness) T concurrent tasks on disjoint keys, N calls in all";
 
 /// Which side `--profile` runs.
 #[derive(Clone, Copy, Debug)]
 enum Profiled {
     Ours,
+    /// Ours on a second cache with read batching off (row b4).
+    Unbatched,
     Raw,
     L1,
     /// The harness alone (a call that does nothing): its instructions per call are in
@@ -72,6 +78,7 @@ impl Profiled {
     fn name(self) -> &'static str {
         match self {
             Self::Ours => "ours",
+            Self::Unbatched => "unbatched",
             Self::Raw => "raw",
             Self::L1 => "l1",
             Self::Harness => "harness",
@@ -79,31 +86,60 @@ impl Profiled {
     }
 }
 
+/// The rows `--only` asks for (every row without it).
+struct Only(Option<String>);
+
+impl Only {
+    fn any(&self, letters: &str) -> bool {
+        self.0
+            .as_deref()
+            .is_none_or(|only| letters.chars().any(|c| only.contains(c)))
+    }
+}
+
 enum Mode {
-    Table(&'static Sizes),
-    Profile(Profiled, usize),
+    Table(&'static Sizes, Only),
+    Profile(Profiled, usize, usize),
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
     let mut smoke = false;
     let mut profile = None;
     let mut calls = None;
+    let mut only = None;
+    let mut tasks = 1;
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
+            "--only" => {
+                let rows = args.next().unwrap_or_default();
+                if rows.is_empty() || !rows.chars().all(|c| ('a'..='l').contains(&c)) {
+                    return Err(format!(
+                        "--only takes row letters a to l (e.g. --only ab), not {rows:?}"
+                    ));
+                }
+                only = Some(rows);
+            }
             "--profile" => {
                 profile = Some(match args.next().as_deref() {
                     Some("ours") => Profiled::Ours,
+                    Some("unbatched") => Profiled::Unbatched,
                     Some("raw") => Profiled::Raw,
                     Some("l1") => Profiled::L1,
                     Some("harness") => Profiled::Harness,
                     other => {
                         return Err(format!(
-                            "--profile takes ours, raw, l1 or harness, not {other:?}"
+                            "--profile takes ours, unbatched, raw, l1 or harness, not {other:?}"
                         ))
                     }
                 });
+            }
+            "--tasks" => {
+                let n = args.next().and_then(|n| n.parse::<usize>().ok());
+                tasks = n
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or("--tasks takes a number from 1 to 1024")?;
             }
             "--calls" => {
                 let n = args.next().and_then(|n| n.parse::<usize>().ok());
@@ -115,9 +151,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if only.is_some() && profile.is_some() {
+        return Err("--only and --profile do not go together".to_owned());
+    }
+    if tasks > 1
+        && !matches!(
+            profile,
+            Some(Profiled::Ours | Profiled::Unbatched | Profiled::Raw | Profiled::Harness)
+        )
+    {
+        return Err("--tasks goes with --profile ours, unbatched, raw or harness".to_owned());
+    }
     match (profile, calls, smoke) {
-        (Some(side), Some(n), false) => Ok(Mode::Profile(side, n)),
-        (None, None, _) => Ok(Mode::Table(if smoke { &SMOKE } else { &FULL })),
+        (Some(_), Some(n), false) if n % tasks != 0 => Err(format!(
+            "--calls {n} does not split evenly among --tasks {tasks}"
+        )),
+        (Some(side), Some(n), false) => Ok(Mode::Profile(side, n, tasks)),
+        (None, None, _) => Ok(Mode::Table(if smoke { &SMOKE } else { &FULL }, Only(only))),
         (Some(_), None, _) => Err("--profile needs --calls N".to_owned()),
         (None, Some(_), _) => Err("--calls goes with --profile".to_owned()),
         (Some(_), Some(_), true) => Err("--profile and --smoke do not go together".to_owned()),
@@ -125,7 +175,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Mode, String> {
 }
 
 /// Every row, in order; each stage's time on stderr.
-async fn all_rows(sizes: &'static Sizes) -> Result<Vec<Row>, String> {
+async fn all_rows(sizes: &'static Sizes, only: &Only) -> Result<Vec<Row>, String> {
     let started = Instant::now();
     let stage = |name: &str| {
         eprintln!(
@@ -137,22 +187,44 @@ async fn all_rows(sizes: &'static Sizes) -> Result<Vec<Row>, String> {
     standalone::warm(&b, sizes.hot_span()).await?;
     stage("set up and warmed");
     let mut rows = Vec::new();
-    let (a, redis_p50) = standalone::sequential_hits(&b).await?;
-    rows.extend(a);
-    stage("a");
-    rows.extend(standalone::concurrent_hits(&b).await?);
-    stage("b");
-    rows.push(standalone::misses(&b).await?);
-    rows.push(standalone::stampede(&b).await?);
-    rows.push(standalone::l1_hits(&b, redis_p50).await?);
-    stage("c, d, e");
-    rows.push(standalone::clear_user(sizes).await?);
-    rows.push(standalone::invalidate_tag(sizes).await?);
-    stage("f, k");
-    rows.extend(cluster::rows(&b).await?);
-    stage("g, h, i");
-    rows.extend(standalone::large_values(&b).await?);
-    stage("j");
+    // Row e is compared with a's Redis hit.
+    if only.any("ae") {
+        let (a, redis_p50) = standalone::sequential_hits(&b).await?;
+        if only.any("a") {
+            rows.extend(a);
+        }
+        stage("a");
+        if only.any("e") {
+            rows.push(standalone::l1_hits(&b, redis_p50).await?);
+            stage("e");
+        }
+    }
+    if only.any("b") {
+        rows.extend(standalone::concurrent_hits(&b).await?);
+        stage("b");
+    }
+    if only.any("c") {
+        rows.push(standalone::misses(&b).await?);
+    }
+    if only.any("d") {
+        rows.push(standalone::stampede(&b).await?);
+        stage("c, d");
+    }
+    if only.any("f") {
+        rows.push(standalone::clear_user(sizes).await?);
+    }
+    if only.any("k") {
+        rows.push(standalone::invalidate_tag(sizes).await?);
+        stage("f, k");
+    }
+    if only.any("ghi") {
+        rows.extend(cluster::rows(&b).await?);
+        stage("g, h, i");
+    }
+    if only.any("jl") {
+        rows.extend(standalone::large_values(&b).await?);
+        stage("j, l");
+    }
     Ok(rows)
 }
 
@@ -177,16 +249,40 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// N sequential hits of one side, checked; the summary line.
-async fn profile(side: Profiled, calls: usize) -> Result<(String, Vec<String>), String> {
+/// N hits of one side, checked, sequential or (`tasks` > 1) by concurrent tasks on
+/// disjoint keys (row b3's pattern); the summary line.
+async fn profile(
+    side: Profiled,
+    calls: usize,
+    tasks: usize,
+) -> Result<(String, Vec<String>), String> {
     let b = Bench::start(&FULL).await?;
-    let keys = FULL.seq_keys;
-    standalone::warm(&b, keys).await?;
-    let load = Load {
-        tasks: 1,
-        calls,
-        pattern: Pattern::Lockstep { keys },
+    let (keys, load) = if tasks == 1 {
+        let keys = FULL.seq_keys;
+        let pattern = Pattern::Lockstep { keys };
+        (
+            keys,
+            Load {
+                tasks,
+                calls,
+                pattern,
+            },
+        )
+    } else {
+        let per_task = FULL.keys_per_task;
+        let keys = per_task * u32::try_from(tasks).map_err(|e| e.to_string())?;
+        let pattern = Pattern::Disjoint { per_task };
+        let calls = calls / tasks;
+        (
+            keys,
+            Load {
+                tasks,
+                calls,
+                pattern,
+            },
+        )
     };
+    standalone::warm(&b, keys).await?;
     let Checked {
         value: mut run,
         problems,
@@ -195,6 +291,11 @@ async fn profile(side: Profiled, calls: usize) -> Result<(String, Vec<String>), 
         Profiled::Ours => {
             let ours = Side::global("ours", workload::ours_hit());
             harness::solo(&[("ours", &b.cache)], &ours, load, None).await?
+        }
+        Profiled::Unbatched => {
+            let cache = setup::unbatched_cache(&b.url).await?;
+            let ours = Side::on("ours, unbatched", &cache, workload::ours_hit());
+            harness::solo(&[("ours, unbatched", &cache)], &ours, load, None).await?
         }
         Profiled::Raw => {
             let raw = Side::global("baseline", b.raw.hit());
@@ -214,8 +315,13 @@ async fn profile(side: Profiled, calls: usize) -> Result<(String, Vec<String>), 
     };
     let stats = run.samples.stats();
     let line = format!(
-        "profile {}: {calls} sequential hits over {keys} warmed keys, p50 {}, mean {}, {}",
+        "profile {}: {calls} {} over {keys} warmed keys, p50 {}, mean {}, {}",
         side.name(),
+        if tasks == 1 {
+            "sequential hits".to_owned()
+        } else {
+            format!("hits by {tasks} tasks on disjoint keys")
+        },
         us(stats.p50),
         us(stats.mean),
         if problems.is_empty() {
@@ -258,7 +364,7 @@ fn main() -> ExitCode {
     };
     let started = Instant::now();
     let invalid = match mode {
-        Mode::Table(sizes) => match runtime.block_on(all_rows(sizes)) {
+        Mode::Table(sizes, only) => match runtime.block_on(all_rows(sizes, &only)) {
             Ok(rows) => {
                 print_table(&rows);
                 let invalid = rows.iter().filter(|r| !r.problems.is_empty()).count();
@@ -280,7 +386,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Mode::Profile(side, calls) => match runtime.block_on(profile(side, calls)) {
+        Mode::Profile(side, calls, tasks) => match runtime.block_on(profile(side, calls, tasks)) {
             Ok((line, problems)) => {
                 println!("{line}");
                 for p in &problems {

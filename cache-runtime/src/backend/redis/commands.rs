@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 
+use super::batch::{Entry, Waiter};
 use super::cluster::{Cluster, NodeLine};
 use super::pool::InFlight;
 use super::pubsub::hash_tag;
@@ -323,6 +324,115 @@ impl RedisBackend {
         self.send(Request::Pipe(pipe)).await
     }
 
+    /// A GET on a standalone server, alone or in the next MGET (see `batch.rs`).
+    async fn get_batched(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let get_alone = || async {
+            let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+            Ok::<_, CacheError>(value)
+        };
+        let value = match self.batch.enter(key) {
+            Entry::Alone(slot) => {
+                let value = get_alone().await;
+                drop(slot);
+                value
+            }
+            Entry::Large => get_alone().await,
+            Entry::Queued(answer) => {
+                // The collector may wait up to the stall bound before its MGET, which then
+                // has the socket timeout: a waiter gives up only after both.
+                let bound = self.config.socket_timeout + self.pool.stall_after();
+                return match tokio::time::timeout(bound, answer).await {
+                    Ok(Ok(reply)) => reply,
+                    // The collector went away (its caller dropped it): read alone.
+                    Ok(Err(_)) => get_alone().await,
+                    Err(_) => Err(CacheError::Timeout(bound)),
+                };
+            }
+            Entry::Collect(collector) => {
+                let (slot, waiters) = collector.turn(self.pool.stall_after()).await;
+                if waiters.is_empty() {
+                    let value = get_alone().await;
+                    drop(slot);
+                    value
+                } else {
+                    let value = self.mget(key, waiters).await;
+                    drop(slot);
+                    return value;
+                }
+            }
+        };
+        if let Ok(Some(v)) = &value {
+            self.batch.saw(key, v.len());
+        }
+        value
+    }
+
+    /// One MGET for the collector's key and its waiters'; each waiter gets its answer.
+    async fn mget(&self, key: &str, waiters: Vec<Waiter>) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(key);
+        for w in &waiters {
+            cmd.arg(&w.key);
+        }
+        let values: Result<Vec<Option<Vec<u8>>>, CacheError> = self.query(&cmd).await;
+        match values {
+            Ok(values) if values.len() == waiters.len() + 1 => {
+                let mut values = values.into_iter();
+                let own = values.next().flatten();
+                for (w, v) in waiters.into_iter().zip(values) {
+                    if let Some(v) = &v {
+                        self.batch.saw(&w.key, v.len());
+                    }
+                    let _ = w.reply.send(Ok(v));
+                }
+                if let Some(v) = &own {
+                    self.batch.saw(key, v.len());
+                }
+                Ok(own)
+            }
+            Ok(values) => {
+                let e = CacheError::Server {
+                    code: "PROTOCOL".to_owned(),
+                    detail: format!(
+                        "MGET of {} keys answered {} values",
+                        waiters.len() + 1,
+                        values.len()
+                    ),
+                };
+                for w in waiters {
+                    let _ = w.reply.send(Err(e.shared_copy()));
+                }
+                Err(e)
+            }
+            // The request failed to reach the server or got no answer: each read would too.
+            Err(e) if e.is_connection_fault() => {
+                for w in waiters {
+                    let _ = w.reply.send(Err(e.shared_copy()));
+                }
+                Err(e)
+            }
+            // The server answered with an error: the waiters (their senders dropped) and
+            // this read go alone. If it refused MGET itself (an ACL user allowed GET only,
+            // a renamed command), reads stop being batched.
+            Err(e) => {
+                let refused = matches!(
+                    &e,
+                    CacheError::Auth {
+                        cause: crate::error::AuthCause::Permission,
+                        ..
+                    }
+                ) || matches!(&e, CacheError::Server { detail, .. } if detail.contains("unknown command"));
+                tracing::debug!(target: "cache_runtime::connection", error = %e, refused, "MGET failed");
+                if refused {
+                    self.batch.refuse();
+                }
+                drop(waiters);
+                let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+                Ok(value)
+            }
+        }
+    }
+
     async fn info(&self, section: &str) -> Result<String, CacheError> {
         self.query(redis::cmd("INFO").arg(section)).await
     }
@@ -405,7 +515,14 @@ impl Store for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+        let batched = self.config.batch_reads
+            && matches!(self.topology.get(), Some(Topology::Standalone))
+            && !self.guard.circuit_open();
+        let value = if batched {
+            self.get_batched(key).await?
+        } else {
+            self.query(redis::cmd("GET").arg(key)).await?
+        };
         Ok(value.map(Bytes::Owned))
     }
 

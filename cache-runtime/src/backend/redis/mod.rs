@@ -12,6 +12,7 @@
 //! - `lock.rs`: the distributed single-flight lock (SET NX PX, released by its owner);
 //! - `faults.rs`: fault injection for soak tests (feature `testing`).
 
+mod batch;
 mod breaker;
 mod client;
 mod cluster;
@@ -50,6 +51,8 @@ pub(crate) struct RedisBackend {
     topology: OnceLock<Topology>,
     discovering: tokio::sync::Mutex<()>,
     guard: Guard,
+    /// GETs queued while a read is in flight, sent as one MGET (standalone only).
+    batch: batch::Batcher,
     /// Invalidation announcements, made by every writer (a peer's L1 may be on the
     /// pub/sub fallback), and the fallback listener.
     pubsub: PubSub,
@@ -113,6 +116,7 @@ impl RedisBackend {
             topology,
             discovering: tokio::sync::Mutex::new(()),
             guard: Guard::new(config.socket_timeout),
+            batch: batch::Batcher::new(),
             classifier,
             config: config.clone(),
             pubsub,

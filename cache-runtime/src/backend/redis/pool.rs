@@ -329,6 +329,18 @@ impl Pool {
         self.first_lane().await.map(|_| ())
     }
 
+    /// How long a request may go without a completion before it counts as stalled.
+    fn stall_us(&self) -> u64 {
+        (STALL_RTTS * self.rtt_us.load(Ordering::Relaxed))
+            .max(u64::try_from(STALL_AFTER.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// [`stall_us`](Self::stall_us) as a duration: how long a read batch waits for the
+    /// read in flight before it goes anyway.
+    pub(super) fn stall_after(&self) -> Duration {
+        Duration::from_micros(self.stall_us())
+    }
+
     /// The least-loaded lane that is not stalled (any lane if all are), and whether the
     /// pool should grow.
     fn pick(&self) -> Option<(Arc<Lane>, bool)> {
@@ -358,8 +370,7 @@ impl Pool {
             }
         }
         let now = micros(self.epoch);
-        let stall_us = (STALL_RTTS * self.rtt_us.load(Ordering::Relaxed))
-            .max(u64::try_from(STALL_AFTER.as_micros()).unwrap_or(u64::MAX));
+        let stall_us = self.stall_us();
         let best = lanes.iter().min_by_key(|l| {
             (
                 l.stalled(now, stall_us),

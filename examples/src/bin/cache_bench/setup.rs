@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cache_runtime::{Cache, CacheConfig};
+use cache_runtime::{Cache, CacheConfig, CacheConfigBuilder};
 use cache_tests::RedisServer;
 
 use crate::workload::Raw;
@@ -104,9 +104,21 @@ pub async fn blocking<T: Send + 'static>(
 /// A cache on `url` (`l1`: with an L1), connected, and checked to be in `mode`
 /// (`standalone` or `cluster`).
 pub async fn connected_cache(url: &str, l1: bool, mode: &str) -> Result<Cache, String> {
-    let config = CacheConfig::builder()
-        .url(url)
-        .l1(l1)
+    configured_cache(CacheConfig::builder().url(url).l1(l1), mode).await
+}
+
+/// A cache on the standalone server at `url` with read batching off
+/// (`REDIS_BATCH_READS=false`), for the row that measures what batching gives.
+pub async fn unbatched_cache(url: &str) -> Result<Cache, String> {
+    configured_cache(
+        CacheConfig::builder().url(url).batch_reads(false),
+        "standalone",
+    )
+    .await
+}
+
+async fn configured_cache(builder: CacheConfigBuilder, mode: &str) -> Result<Cache, String> {
+    let config = builder
         .build()
         .map_err(|e| format!("cache configuration: {e}"))?;
     let cache = Cache::new(config).map_err(|e| format!("cache: {e}"))?;

@@ -12,8 +12,8 @@ use crate::harness::{
     throughput_pair, Call, Checked, Expect, Ledger, Load, Pattern, Run, Side,
 };
 use crate::setup::{
-    blocking, connected_cache, count, dbsize, ms, rate, ratio, raw_connection, size, us, Bench,
-    Goal, Row, Sizes, ADMIN_TIMEOUT,
+    blocking, connected_cache, count, dbsize, ms, rate, ratio, raw_connection, size,
+    unbatched_cache, us, Bench, Goal, Row, Sizes, ADMIN_TIMEOUT,
 };
 use crate::workload::{ours_hit, ours_large_bytes, ours_large_text, ours_slow};
 
@@ -137,7 +137,41 @@ pub async fn concurrent_hits(b: &Bench) -> Result<Vec<Row>, String> {
             problems,
         ));
     }
+    rows.push(unbatched_disjoint_hits(b).await?);
     Ok(rows)
+}
+
+/// b4. Row b3's pattern on a cache with read batching off (`REDIS_BATCH_READS=false`),
+/// against the same baseline: what batching concurrent GETs into MGETs gives.
+async fn unbatched_disjoint_hits(b: &Bench) -> Result<Row, String> {
+    let s = b.sizes;
+    let cache = unbatched_cache(&b.url).await?;
+    let load = Load {
+        tasks: s.tasks,
+        calls: s.calls_per_task,
+        pattern: Pattern::Disjoint {
+            per_task: s.keys_per_task,
+        },
+    };
+    let ours = Side::on("ours, unbatched", &cache, ours_hit());
+    let caches = [("ours, unbatched", &cache)];
+    let Checked {
+        value: (o, r),
+        problems,
+        ..
+    } = throughput_pair(&caches, &ours, &raw(b), load, s.rounds).await?;
+    Ok(Row::new(
+        format!(
+            "b4. as b3 with REDIS_BATCH_READS=false, {} tasks x {} calls",
+            s.tasks,
+            count(s.calls_per_task as u64)
+        ),
+        rate(o),
+        rate(r),
+        Some(o / r.max(1e-9)),
+        Goal::Reported,
+        problems,
+    ))
 }
 
 /// c. Misses: distinct cold keys, ours against GET + body + SET EX.
