@@ -85,89 +85,89 @@ pub async fn invalidate(site: &'static Site, key: CallKey) -> Result<bool, Cache
 }
 
 /// `async fn -> T`: every result is cached.
-pub async fn cached_value<T, Fut>(
+pub fn cached_value<T, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> T
+) -> impl Future<Output = T>
 where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = T>,
 {
-    call::run::<Plain, _, _, Attached>(site, key.0, copier, body).await
+    call::run::<Plain, _, _, Attached>(site, key.0, copier, body)
 }
 
 /// `async fn -> Result<T, E>`: only `Ok` is cached; `E` needs no trait.
-pub async fn cached_result<T, E, Fut>(
+pub fn cached_result<T, E, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = Result<T, E>>,
 {
-    call::run::<OkOnly, _, _, Attached>(site, key.0, copier, body).await
+    call::run::<OkOnly, _, _, Attached>(site, key.0, copier, body)
 }
 
 /// `async fn -> Option<T>`: only `Some` is cached (use `cached_value` to cache `None`).
-pub async fn cached_option<T, Fut>(
+pub fn cached_option<T, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> Option<T>
+) -> impl Future<Output = Option<T>>
 where
     T: Serialize + DeserializeOwned,
     Fut: Future<Output = Option<T>>,
 {
-    call::run::<SomeOnly, _, _, Attached>(site, key.0, copier, body).await
+    call::run::<SomeOnly, _, _, Attached>(site, key.0, copier, body)
 }
 
 /// [`cached_value`] for sites whose body may finish in the background (`soft_timeout`,
 /// `refresh_ahead`): it must own its data.
-pub async fn cached_value_detached<T, Fut>(
+pub fn cached_value_detached<T, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> T
+) -> impl Future<Output = T>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
 {
-    call::run::<Plain, _, _, Detached>(site, key.0, copier, body).await
+    call::run::<Plain, _, _, Detached>(site, key.0, copier, body)
 }
 
 /// [`cached_result`] for sites whose body may finish in the background.
-pub async fn cached_result_detached<T, E, Fut>(
+pub fn cached_result_detached<T, E, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     E: Send + 'static,
     Fut: Future<Output = Result<T, E>> + Send + 'static,
 {
-    call::run::<OkOnly, _, _, Detached>(site, key.0, copier, body).await
+    call::run::<OkOnly, _, _, Detached>(site, key.0, copier, body)
 }
 
 /// [`cached_option`] for sites whose body may finish in the background.
-pub async fn cached_option_detached<T, Fut>(
+pub fn cached_option_detached<T, Fut>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<T>>,
     body: Fut,
-) -> Option<T>
+) -> impl Future<Output = Option<T>>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
     Fut: Future<Output = Option<T>> + Send + 'static,
 {
-    call::run::<SomeOnly, _, _, Detached>(site, key.0, copier, body).await
+    call::run::<SomeOnly, _, _, Detached>(site, key.0, copier, body)
 }
 
 /// Hooks for the project's own reliability tests (feature `testing`). Not API.

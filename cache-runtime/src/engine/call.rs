@@ -21,7 +21,7 @@ use crate::backend::Store as _;
 use crate::counters::Stamp;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
-use crate::key::{join_call, ArgsHash};
+use crate::key::{join_call, join_call_into, ArgsHash};
 use crate::shape::Shape;
 
 pub(crate) use super::returns::{OkOnly, Plain, Returns, SomeOnly};
@@ -40,27 +40,81 @@ pub(crate) struct CallKey {
 /// Runs one decorated call. `D` says whether the body may finish after the call returned
 /// ([`Detached`](super::resilience::Detached): soft timeouts and refresh ahead need it).
 /// `copier`: L1 hits clone a kept decoded copy (stored types that allow it).
-pub(crate) async fn run<S, R, Fut, D>(
+///
+/// Not an `async fn`: an L1 hit is answered here, and the future returned for it holds
+/// only the value. The rest of the call (store read, miss, resilience) is a future of
+/// several hundred bytes that its caller would move whole on every call, hit or not; it is
+/// boxed, for the calls that go there. Those moves were a tenth of an L1 hit.
+pub(crate) fn run<S, R, Fut, D>(
     site: &'static Site,
     key: CallKey,
     copier: Option<Copier<S::Stored>>,
     body: Fut,
-) -> R
+) -> impl Future<Output = R>
 where
     S: Returns<R>,
     Fut: Future<Output = R>,
     D: Detach<R, Fut>,
 {
+    use futures_util::future::Either;
     // The call's span (disabled unless someone listens at DEBUG): the parent of the body's
     // spans and of the store's round trips.
     let span = crate::metrics::spans::call(site);
-    if span.is_disabled() {
-        // Nobody listens: no enter/exit around every poll (a twentieth of an L1 hit).
-        return run_in::<S, R, Fut, D>(site, key, copier, body, span).await;
+    if !span.is_disabled() {
+        let full = run_in::<S, R, Fut, D>(site, key, copier, body, span.clone());
+        return Either::Right(Either::Right(Box::pin(full.instrument(span))));
     }
-    run_in::<S, R, Fut, D>(site, key, copier, body, span.clone())
-        .instrument(span)
-        .await
+    if let Some(value) = l1_hit::<S::Stored>(site, &key, copier) {
+        return Either::Left(async move {
+            // An L1 hit never waits: a loop of them must still let other tasks run.
+            tokio::task::consume_budget().await;
+            S::rebuild(value)
+        });
+    }
+    // Nobody listens: no enter/exit around every poll (a twentieth of an L1 hit).
+    Either::Right(Either::Left(Box::pin(run_in::<S, R, Fut, D>(
+        site, key, copier, body, span,
+    ))))
+}
+
+/// The value of a fresh L1 hit that needs nothing more (no refresh ahead due), counted;
+/// `None` sends the call the whole way, which reads the L1 again.
+fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
+    site: &'static Site,
+    key: &CallKey,
+    copier: Option<Copier<T>>,
+) -> Option<T> {
+    let cache = site.cache()?;
+    let hash = key.hash.as_ref()?;
+    cache.l1()?;
+    let bound = site.bound(&cache);
+    let hit = |full: &str| {
+        let (value, fresh_until) = cache.l1_fresh(full, &key.shape, copier)?;
+        if let (Some(fraction), Some(until)) = (bound.resilience.refresh_ahead, fresh_until) {
+            if resilience::refresh_due(until, bound.ttl, fraction) {
+                return None;
+            }
+        }
+        bound.counters.l1_hit();
+        tracing::debug!(target: "cache_runtime::store", key = full, "hit (L1)");
+        Some(value)
+    };
+    let tagged = !cache.keys().seed_users();
+    let user = key.user.as_deref();
+    // The key text goes into this thread's buffer: an L1 hit allocates nothing of its own.
+    KEY_TEXT.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut full) => {
+            join_call_into(&mut full, &bound.head, user, tagged, &bound.tail, hash);
+            hit(&full)
+        }
+        // Only if a value's decoding re-entered a decorated call on this thread.
+        Err(_) => hit(&join_call(&bound.head, user, tagged, &bound.tail, hash)),
+    })
+}
+
+thread_local! {
+    /// The key text of this thread's L1 lookups (kept: its capacity is reused).
+    static KEY_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 async fn run_in<S, R, Fut, D>(

@@ -189,6 +189,21 @@ impl Cache {
         Some((value, fresh_until, stale))
     }
 
+    /// A fresh L1 hit of `key` as a `T`, with its `fresh_until`; not counted.
+    pub(crate) fn l1_fresh<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        shape: &Shape,
+        copier: Option<Copier<T>>,
+    ) -> Option<(T, Option<u64>)> {
+        let l1 = self.l1()?;
+        let hit = l1.get(key)?;
+        match self.l1_value(l1, &hit, shape, copier)? {
+            (value, fresh_until, false) => Some((value, fresh_until)),
+            (_, _, true) => None,
+        }
+    }
+
     /// The L1, once its invalidation listener has been asked to start.
     pub(crate) fn l1(&self) -> Option<&Arc<L1>> {
         let l1 = self.inner.l1.as_ref()?;

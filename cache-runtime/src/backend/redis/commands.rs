@@ -407,6 +407,7 @@ impl RedisBackend {
             // The request failed to reach the server or got no answer: each read would too.
             Err(e) if e.is_connection_fault() => {
                 for w in waiters {
+                    self.guard.shared_fault(&e);
                     let _ = w.reply.send(Err(e.shared_copy()));
                 }
                 Err(e)

@@ -85,6 +85,15 @@ impl Guard {
             .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
     }
 
+    /// Feeds the breaker the fault of a request that shared another's round trip (a read
+    /// in a failed MGET): each read counts, as it would have alone, so a hung server opens
+    /// the breaker after as many calls with batching as without.
+    pub(crate) fn shared_fault(&self, e: &CacheError) {
+        if e.trips_breaker() {
+            self.fault(&Permit::Normal, e);
+        }
+    }
+
     /// Whether calls currently bypass Redis after repeated failures.
     pub(crate) fn circuit_open(&self) -> bool {
         self.breaker.is_open()
