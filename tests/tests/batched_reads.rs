@@ -128,3 +128,128 @@ async fn batch_reads_false_sends_every_get_alone() {
         "REDIS_BATCH_READS=false: no MGET"
     );
 }
+
+/// A read future that is kept but no longer polled (parked in a `select!` loop, a slow
+/// `buffer_unordered` consumer) while it waits to collect a batch holds nobody else's
+/// read: the others go alone once it is past the stall bound, and every one succeeds
+/// within a socket timeout short enough to fail them if they waited for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_reader_holds_no_other_read() {
+    let server = RedisServer::plain();
+    let config = CacheConfig::builder()
+        .url(server.url())
+        .socket_timeout(std::time::Duration::from_millis(500))
+        .build()
+        .expect("config");
+    let cache = Arc::new(Cache::new(config).expect("cache"));
+    cache.connect().await.expect("connect");
+    let ns = cache.namespace("batch").expect("namespace");
+    for i in 0..64u64 {
+        ns.set(&format!("k{i}"), &i, None).await.expect("set");
+    }
+    // Reads in flight (as many as go alone, 4) and one waiting to collect the next batch,
+    // each polled once and then parked for the rest of the test.
+    let keys: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
+    let mut parked: Vec<_> = keys.iter().map(|k| Box::pin(ns.get::<u64>(k))).collect();
+    for (i, read) in parked.iter_mut().enumerate() {
+        assert!(
+            poll_once(read.as_mut()),
+            "k{i} waits for its reply or its turn"
+        );
+    }
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for i in 5..64u64 {
+            let cache = Arc::clone(&cache);
+            tasks.push(tokio::spawn(async move {
+                let ns = cache.namespace("batch").expect("namespace");
+                (i, ns.get::<u64>(&format!("k{i}")).await)
+            }));
+        }
+        for task in tasks {
+            let (i, got) = task.await.expect("reader task");
+            assert_eq!(
+                got.expect("read beside a parked reader"),
+                Some(i),
+                "round {round}"
+            );
+        }
+    }
+    // The parked reads still finish when polled again.
+    for (i, read) in parked.into_iter().enumerate() {
+        assert_eq!(read.await.expect("parked read"), Some(i as u64));
+    }
+}
+
+/// Polls `f` once, here; whether it is still pending (it is woken by nobody: the test
+/// awaits it later, which registers a real waker).
+fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.poll(&mut cx).is_pending()
+}
+
+/// A NOPERM for one key (an ACL by key pattern) fails that read only: the batch's other
+/// reads are answered, and batching stays on for later reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_acl_denies_fails_alone_and_batching_stays_on() {
+    let server = RedisServer::with_acl_user("reader", "reader-pw", "~tradistry:batch:k* &* +@all");
+    let mut admin = server.admin_client().get_connection().expect("admin");
+    let _: () = redis::cmd("SET")
+        .arg("tradistry:batch:secret")
+        .arg("x")
+        .query(&mut admin)
+        .expect("SET secret");
+    let cache = cache_on(&server, true);
+    cache.connect().await.expect("connect");
+    let ns = cache.namespace("batch").expect("namespace");
+    for i in 0..64u64 {
+        ns.set(&format!("k{i}"), &i, None).await.expect("set");
+    }
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let cache = Arc::clone(&cache);
+        tasks.push(tokio::spawn(async move {
+            let ns = cache.namespace("batch").expect("namespace");
+            for round in 0..20u64 {
+                if (t + round) % 8 == 0 {
+                    let denied = ns.get::<String>("secret").await;
+                    assert!(denied.is_err(), "task {t}: the denied key is refused");
+                } else {
+                    let got = ns.get::<u64>(&format!("k{t}")).await.expect("allowed read");
+                    assert_eq!(got, Some(t), "task {t}");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("reader task");
+    }
+    let (before, refused) = mget_stats(&server);
+    assert!(refused > 0, "some batches held the denied key");
+    concurrent_reads_of(&cache, 0..64).await;
+    let (after, _) = mget_stats(&server);
+    assert!(
+        after > before,
+        "reads are still batched ({before} -> {after} MGETs)"
+    );
+}
+
+/// 64 tasks reading `ids` at once, each its own key, checked.
+async fn concurrent_reads_of(cache: &Arc<Cache>, ids: std::ops::Range<u64>) {
+    let mut tasks = Vec::new();
+    for i in ids {
+        let cache = Arc::clone(cache);
+        tasks.push(tokio::spawn(async move {
+            let ns = cache.namespace("batch").expect("namespace");
+            for _ in 0..20 {
+                assert_eq!(
+                    ns.get::<u64>(&format!("k{i}")).await.expect("read"),
+                    Some(i)
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("reader task");
+    }
+}

@@ -102,14 +102,18 @@ fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
     let tagged = !cache.keys().seed_users();
     let user = key.user.as_deref();
     // The key text goes into this thread's buffer: an L1 hit allocates nothing of its own.
-    KEY_TEXT.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut full) => {
-            join_call_into(&mut full, &bound.head, user, tagged, &bound.tail, hash);
-            hit(&full)
-        }
-        // Only if a value's decoding re-entered a decorated call on this thread.
-        Err(_) => hit(&join_call(&bound.head, user, tagged, &bound.tail, hash)),
-    })
+    let owned = || hit(&join_call(&bound.head, user, tagged, &bound.tail, hash));
+    KEY_TEXT
+        .try_with(|buf| match buf.try_borrow_mut() {
+            Ok(mut full) => {
+                join_call_into(&mut full, &bound.head, user, tagged, &bound.tail, hash);
+                hit(&full)
+            }
+            // Only if a value's decoding re-entered a decorated call on this thread.
+            Err(_) => owned(),
+        })
+        // The thread is shutting down (its buffer is gone).
+        .unwrap_or_else(|_| owned())
 }
 
 thread_local! {

@@ -3,21 +3,24 @@
 //!
 //! Why: under concurrency most of a hit's cost is per request, in the driver (a request
 //! queued, a reply routed back) and in the server (one command parsed and dispatched). One
-//! MGET of 60 keys pays those once. A read that finds nothing in flight goes alone, so the
+//! MGET of 30 keys pays those once. A read that finds nothing in flight goes alone, so the
 //! sequential path pays only an uncontended lock.
 //!
 //! Roles: the first read that must wait becomes the batch's *collector*: it waits for the
-//! read in flight to complete (at most a stall bound, so a large value streaming does not
-//! hold the batch), takes every read that queued meanwhile, sends the MGET under the
-//! request guard (timer, breaker) and hands each waiter its value or the error. Waiters
-//! whose collector goes away (its caller's timeout dropped it) read alone. Keys whose value
-//! was large are remembered and always read alone, so small values are never batched
-//! behind a large one.
+//! read in flight to complete (at most the stall bound, so a large value streaming does
+//! not hold the batch), takes every read that queued meanwhile (at most [`MAX_BATCH`]
+//! keys), sends the MGET under the request guard (timer, breaker) and hands each waiter
+//! its value or the error. Nothing depends on the collector's caller polling it for
+//! long: a waiter not taken within the stall bound withdraws and reads alone, and once a
+//! collector has waited past the stall bound new reads stop queuing behind it. A waiter
+//! whose collector is dropped reads alone. Keys whose value was large (or whose read
+//! timed out) are remembered, the last [`LARGE_KEYS`] of them, and read alone, so small
+//! values are not batched behind a large one.
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 
@@ -26,13 +29,17 @@ use crate::error::CacheError;
 /// A read's answer: the value, or none.
 pub(super) type Reply = Result<Option<Vec<u8>>, CacheError>;
 
-/// Reads in flight before the next ones queue for a batch. Measured with 64 tasks on
-/// disjoint keys: 1 (about 32 keys per MGET) beat 2, 4 and 8 (25, 19, 13 keys).
-const MAX_ALONE: usize = 1;
+/// Reads in flight before the next ones queue for a batch. Mean latency of disjoint hits
+/// (release, 2 cores; unbatched in parentheses): 4 tasks 75–78 µs with 4, 90–116 µs with
+/// 1 (71–72 µs); 64 tasks 253–289 µs with 4, 260 µs with 1 (360–430 µs). With 1 a few
+/// tasks take turns instead of sharing the connection; 4 lets them, and batches beyond.
+const MAX_ALONE: usize = 4;
+/// Most keys in one MGET (a reply of many values is one long read for every waiter).
+pub(super) const MAX_BATCH: usize = 64;
 /// A value at least this large marks its key to be read alone from then on.
 const LARGE: usize = 256 * 1024;
 /// How many large keys are remembered (the oldest is forgotten first).
-const LARGE_KEYS: usize = 32;
+pub(super) const LARGE_KEYS: usize = 32;
 
 pub(super) struct Batcher {
     state: Mutex<State>,
@@ -43,6 +50,7 @@ pub(super) struct Batcher {
 }
 
 pub(super) struct Waiter {
+    id: u64,
     pub(super) key: String,
     pub(super) reply: oneshot::Sender<Reply>,
 }
@@ -51,9 +59,10 @@ pub(super) struct Waiter {
 struct State {
     /// Reads sent alone or as a batch, not yet answered.
     in_flight: usize,
-    /// A collector is waiting for its turn: new reads queue behind it.
-    collecting: bool,
+    /// Since when a collector waits for its turn (new reads queue behind it meanwhile).
+    collecting: Option<Instant>,
     queue: Vec<Waiter>,
+    next_id: u64,
     /// Hashes of keys whose value was large (0: an empty place).
     large: [u64; LARGE_KEYS],
     next_large: usize,
@@ -63,12 +72,13 @@ struct State {
 pub(super) enum Entry<'a> {
     /// Alone, counted as in flight (the slot uncounts it however the read ends).
     Alone(Slot<'a>),
-    /// Alone and uncounted: a key known to hold a large value (or batching is refused).
-    Large,
+    /// Alone and uncounted: a key known to hold a large value, batching refused, a full
+    /// batch, or a collector overdue.
+    Direct,
     /// As the collector of the next batch.
     Collect(Collector<'a>),
     /// In the next batch: the collector sends the answer.
-    Queued(oneshot::Receiver<Reply>),
+    Queued(Queued<'a>),
 }
 
 /// A read in flight; its drop may give the collector its turn.
@@ -78,7 +88,7 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.in_flight -= 1;
-        if state.collecting {
+        if state.collecting.is_some() {
             drop(state);
             self.0.turn.notify_one();
         }
@@ -97,10 +107,32 @@ impl Drop for Collector<'_> {
             // Dropped while waiting: the waiters' senders go with the queue, and they read
             // alone.
             let mut state = self.batcher.lock();
-            state.collecting = false;
+            state.collecting = None;
             let queue = std::mem::take(&mut state.queue);
             drop(state);
             drop(queue);
+        }
+    }
+}
+
+/// A read queued for the next batch.
+pub(super) struct Queued<'a> {
+    batcher: &'a Batcher,
+    id: u64,
+    pub(super) answer: oneshot::Receiver<Reply>,
+}
+
+impl Queued<'_> {
+    /// Leaves the queue if the batch has not been taken yet (its collector is late):
+    /// whether it left, and must read alone.
+    pub(super) fn withdraw(&self) -> bool {
+        let mut state = self.batcher.lock();
+        match state.queue.iter().position(|w| w.id == self.id) {
+            Some(at) => {
+                state.queue.swap_remove(at);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -118,32 +150,44 @@ impl Batcher {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// How the read of `key` goes out.
-    pub(super) fn enter(&self, key: &str) -> Entry<'_> {
+    /// How the read of `key` goes out; `stall`: how long a collector may wait for its turn.
+    pub(super) fn enter(&self, key: &str, stall: Duration) -> Entry<'_> {
         if self.refused.load(Ordering::Relaxed) {
-            return Entry::Large;
+            return Entry::Direct;
         }
         let mut state = self.lock();
         if state.large[0] != 0 && state.large.contains(&hash(key)) {
-            return Entry::Large;
+            return Entry::Direct;
         }
-        if !state.collecting {
+        let Some(since) = state.collecting else {
             if state.in_flight < MAX_ALONE {
                 state.in_flight += 1;
                 return Entry::Alone(Slot(self));
             }
-            state.collecting = true;
+            state.collecting = Some(Instant::now());
             return Entry::Collect(Collector {
                 batcher: self,
                 sent: false,
             });
+        };
+        // A full batch, or a collector past its bound (its caller no longer polls it):
+        // this read does not wait for it.
+        if state.queue.len() + 1 >= MAX_BATCH || since.elapsed() > stall {
+            return Entry::Direct;
         }
         let (reply, answer) = oneshot::channel();
+        let id = state.next_id;
+        state.next_id = id.wrapping_add(1);
         state.queue.push(Waiter {
+            id,
             key: key.to_owned(),
             reply,
         });
-        Entry::Queued(answer)
+        Entry::Queued(Queued {
+            batcher: self,
+            id,
+            answer,
+        })
     }
 
     /// The server refused MGET: reads go alone from now on.
@@ -158,9 +202,13 @@ impl Batcher {
 
     /// Notes that `key` held a value of `len` bytes (large ones are read alone next time).
     pub(super) fn saw(&self, key: &str, len: usize) {
-        if len < LARGE {
-            return;
+        if len >= LARGE {
+            self.alone_from_now(key);
         }
+    }
+
+    /// Reads of `key` go alone from now on (its value is large, or its read timed out).
+    pub(super) fn alone_from_now(&self, key: &str) {
         let h = hash(key);
         let mut state = self.lock();
         if !state.large.contains(&h) {
@@ -176,20 +224,21 @@ impl<'a> Collector<'a> {
     /// streaming), then takes the queued reads, to send with this collector's own key.
     pub(super) async fn turn(mut self, stall: Duration) -> (Slot<'a>, Vec<Waiter>) {
         let batcher = self.batcher;
+        let deadline = tokio::time::Instant::now() + stall;
         let mut overdue = false;
         loop {
             {
                 let mut state = batcher.lock();
                 if overdue || state.in_flight < MAX_ALONE {
                     state.in_flight += 1;
-                    state.collecting = false;
+                    state.collecting = None;
                     let queue = std::mem::take(&mut state.queue);
                     self.sent = true;
                     return (Slot(batcher), queue);
                 }
             }
             // A completion between the check and here leaves a permit: not lost.
-            if tokio::time::timeout(stall, batcher.turn.notified())
+            if tokio::time::timeout_at(deadline, batcher.turn.notified())
                 .await
                 .is_err()
             {
@@ -211,50 +260,62 @@ mod tests {
     const STALL: Duration = Duration::from_secs(30);
 
     fn alone<'a>(b: &'a Batcher, key: &str) -> Slot<'a> {
-        match b.enter(key) {
+        match b.enter(key, STALL) {
             Entry::Alone(slot) => slot,
             _ => panic!("{key} should go alone"),
         }
     }
 
+    /// As many reads in flight alone as may be: the next read collects a batch.
+    fn busy(b: &Batcher) -> Vec<Slot<'_>> {
+        (0..MAX_ALONE)
+            .map(|i| alone(b, &format!("busy{i}")))
+            .collect()
+    }
+
     fn collector<'a>(b: &'a Batcher, key: &str) -> Collector<'a> {
-        match b.enter(key) {
+        match b.enter(key, STALL) {
             Entry::Collect(c) => c,
             _ => panic!("{key} should collect"),
         }
     }
 
-    fn queued(b: &Batcher, key: &str) -> oneshot::Receiver<Reply> {
-        match b.enter(key) {
-            Entry::Queued(rx) => rx,
+    fn queued<'a>(b: &'a Batcher, key: &str) -> Queued<'a> {
+        match b.enter(key, STALL) {
+            Entry::Queued(q) => q,
             _ => panic!("{key} should queue"),
         }
+    }
+
+    fn direct(b: &Batcher, key: &str, stall: Duration) -> bool {
+        matches!(b.enter(key, stall), Entry::Direct)
     }
 
     #[tokio::test]
     async fn the_collector_takes_the_queue_when_the_read_in_flight_completes() {
         let b: &'static Batcher = Box::leak(Box::new(Batcher::new()));
-        let first = alone(b, "a");
+        let mut first = busy(b);
         let c = collector(b, "b");
-        let rx = queued(b, "c");
-        let _rx2 = queued(b, "d");
+        let q = queued(b, "c");
+        let _q2 = queued(b, "d");
         let turn = tokio::spawn(c.turn(STALL));
         tokio::task::yield_now().await;
         assert!(
             !turn.is_finished(),
-            "the collector waits for the read in flight"
+            "the collector waits for a read in flight"
         );
-        drop(first);
+        drop(first.pop());
         let (slot, waiters) = turn.await.unwrap();
         let keys: Vec<&str> = waiters.iter().map(|w| w.key.as_str()).collect();
         assert_eq!(keys, ["c", "d"]);
+        assert!(!q.withdraw(), "a taken read stays in its batch");
         // While the batch is in flight, the next read collects the one after.
         let next = collector(b, "e");
         drop(next);
         for w in waiters {
             let _ = w.reply.send(Ok(Some(w.key.into_bytes())));
         }
-        assert_eq!(rx.await.unwrap().unwrap(), Some(b"c".to_vec()));
+        assert_eq!(q.answer.await.unwrap().unwrap(), Some(b"c".to_vec()));
         drop(slot);
         let _alone = alone(b, "f");
     }
@@ -262,9 +323,9 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_read_in_flight_holds_the_batch_no_longer_than_the_stall_bound() {
         let b: &'static Batcher = Box::leak(Box::new(Batcher::new()));
-        let _stalled = alone(b, "big");
+        let _stalled = busy(b);
         let c = collector(b, "b");
-        let _rx = queued(b, "c");
+        let _q = queued(b, "c");
         let (_slot, waiters) = c.turn(Duration::from_millis(20)).await;
         assert_eq!(waiters.len(), 1, "the batch went without the stalled read");
     }
@@ -272,12 +333,12 @@ mod tests {
     #[tokio::test]
     async fn a_collector_dropped_while_waiting_lets_its_waiters_read_alone() {
         let b = Batcher::new();
-        let first = alone(&b, "a");
+        let first = busy(&b);
         let c = collector(&b, "b");
-        let rx = queued(&b, "c");
+        let q = queued(&b, "c");
         drop(c);
         assert!(
-            rx.await.is_err(),
+            q.answer.await.is_err(),
             "the waiter's sender is gone: it reads alone"
         );
         drop(first);
@@ -285,13 +346,42 @@ mod tests {
     }
 
     #[test]
-    fn keys_seen_with_large_values_are_read_alone() {
+    fn a_collector_nobody_polls_holds_no_read() {
+        let b = Batcher::new();
+        let _first = busy(&b);
+        // Kept but never polled (a future parked in a select! loop, say).
+        let _parked = collector(&b, "b");
+        let q = queued(&b, "c");
+        std::thread::sleep(Duration::from_millis(5));
+        // Past the stall bound: new reads go alone, and the queued one withdraws.
+        assert!(direct(&b, "d", Duration::from_millis(1)));
+        assert!(q.withdraw(), "a read not taken leaves the queue");
+        assert!(!q.withdraw());
+    }
+
+    #[test]
+    fn a_full_batch_sends_further_reads_alone() {
+        let b = Batcher::new();
+        let _first = busy(&b);
+        let _c = collector(&b, "b");
+        // The collector's key and MAX_BATCH - 1 queued: one full MGET.
+        let queued: Vec<_> = (0..MAX_BATCH - 1)
+            .map(|i| queued(&b, &format!("k{i}")))
+            .collect();
+        assert_eq!(queued.len() + 1, MAX_BATCH);
+        assert!(direct(&b, "one too many", STALL));
+    }
+
+    #[test]
+    fn keys_seen_with_large_values_or_timed_out_are_read_alone() {
         let b = Batcher::new();
         b.saw("small", LARGE - 1);
         b.saw("big", LARGE);
-        let first = alone(&b, "x");
-        assert!(matches!(b.enter("big"), Entry::Large));
-        assert!(matches!(b.enter("small"), Entry::Collect(_)));
+        b.alone_from_now("slow");
+        let first = busy(&b);
+        assert!(direct(&b, "big", STALL));
+        assert!(direct(&b, "slow", STALL));
+        assert!(matches!(b.enter("small", STALL), Entry::Collect(_)));
         drop(first);
     }
 
@@ -301,22 +391,19 @@ mod tests {
         for i in 0..=LARGE_KEYS {
             b.saw(&format!("big{i}"), LARGE);
         }
-        let _first = alone(&b, "x");
-        assert!(
-            !matches!(b.enter("big0"), Entry::Large),
-            "the oldest is forgotten"
-        );
+        let _first = busy(&b);
+        assert!(!direct(&b, "big0", STALL), "the oldest is forgotten");
         for i in 1..=LARGE_KEYS {
-            assert!(matches!(b.enter(&format!("big{i}")), Entry::Large));
+            assert!(direct(&b, &format!("big{i}"), STALL));
         }
     }
 
     #[test]
     fn a_refused_mget_sends_every_read_alone() {
         let b = Batcher::new();
-        let _first = alone(&b, "x");
+        let _first = busy(&b);
         b.refuse();
-        assert!(matches!(b.enter("y"), Entry::Large));
-        assert!(matches!(b.enter("z"), Entry::Large));
+        assert!(direct(&b, "y", STALL));
+        assert!(direct(&b, "z", STALL));
     }
 }

@@ -330,26 +330,38 @@ impl RedisBackend {
             let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
             Ok::<_, CacheError>(value)
         };
-        let value = match self.batch.enter(key) {
+        let stall = self.pool.stall_after();
+        let value = match self.batch.enter(key, stall) {
             Entry::Alone(slot) => {
                 let value = get_alone().await;
                 drop(slot);
                 value
             }
-            Entry::Large => get_alone().await,
-            Entry::Queued(answer) => {
-                // The collector may wait up to the stall bound before its MGET, which then
-                // has the socket timeout: a waiter gives up only after both.
-                let bound = self.config.socket_timeout + self.pool.stall_after();
-                return match tokio::time::timeout(bound, answer).await {
-                    Ok(Ok(reply)) => reply,
-                    // The collector went away (its caller dropped it): read alone.
-                    Ok(Err(_)) => get_alone().await,
-                    Err(_) => Err(CacheError::Timeout(bound)),
+            Entry::Direct => get_alone().await,
+            Entry::Queued(mut queued) => {
+                // Taken by the collector within the stall bound, or read alone: a late
+                // collector (its caller no longer polls it) holds no read.
+                let answer = match tokio::time::timeout(stall, &mut queued.answer).await {
+                    Ok(answer) => Some(answer),
+                    Err(_) if queued.withdraw() => None,
+                    // In the batch sent: its MGET has the socket timeout.
+                    Err(_) => {
+                        let timeout = self.config.socket_timeout;
+                        match tokio::time::timeout(timeout, &mut queued.answer).await {
+                            Ok(answer) => Some(answer),
+                            Err(_) => return Err(CacheError::Timeout(timeout)),
+                        }
+                    }
+                };
+                return match answer {
+                    Some(Ok(reply)) => reply,
+                    // Withdrawn, or the collector went away (its caller dropped it), or
+                    // the server refused the MGET: read alone.
+                    Some(Err(_)) | None => get_alone().await,
                 };
             }
             Entry::Collect(collector) => {
-                let (slot, waiters) = collector.turn(self.pool.stall_after()).await;
+                let (slot, waiters) = collector.turn(stall).await;
                 if waiters.is_empty() {
                     let value = get_alone().await;
                     drop(slot);
@@ -361,8 +373,11 @@ impl RedisBackend {
                 }
             }
         };
-        if let Ok(Some(v)) = &value {
-            self.batch.saw(key, v.len());
+        match &value {
+            Ok(Some(v)) => self.batch.saw(key, v.len()),
+            // Perhaps a value too large to arrive in time: never batch it with others.
+            Err(CacheError::Timeout(_)) => self.batch.alone_from_now(key),
+            _ => {}
         }
         value
     }
@@ -404,7 +419,8 @@ impl RedisBackend {
                 }
                 Err(e)
             }
-            // The request failed to reach the server or got no answer: each read would too.
+            // The request failed to reach the server, got no answer, or was bypassed by
+            // the open breaker: each read would have failed so.
             Err(e) if e.is_connection_fault() => {
                 for w in waiters {
                     self.guard.shared_fault(&e);
@@ -416,13 +432,16 @@ impl RedisBackend {
             // this read go alone. If it refused MGET itself (an ACL user allowed GET only,
             // a renamed command), reads stop being batched.
             Err(e) => {
-                let refused = matches!(
-                    &e,
+                // Only a refusal of the command: a NOPERM on one key (an ACL by key
+                // pattern) leaves batching on for the others.
+                let refused = match &e {
                     CacheError::Auth {
                         cause: crate::error::AuthCause::Permission,
-                        ..
-                    }
-                ) || matches!(&e, CacheError::Server { detail, .. } if detail.contains("unknown command"));
+                        detail,
+                    } => detail.to_ascii_lowercase().contains("'mget'"),
+                    CacheError::Server { detail, .. } => detail.contains("unknown command"),
+                    _ => false,
+                };
                 tracing::debug!(target: "cache_runtime::connection", error = %e, refused, "MGET failed");
                 if refused {
                     self.batch.refuse();
@@ -516,9 +535,12 @@ impl Store for RedisBackend {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        // Not outside a runtime: the batch's timers need one (the request then fails
+        // with `NoRuntime` instead).
         let batched = self.config.batch_reads
             && matches!(self.topology.get(), Some(Topology::Standalone))
-            && !self.guard.circuit_open();
+            && !self.guard.circuit_open()
+            && tokio::runtime::Handle::try_current().is_ok();
         let value = if batched {
             self.get_batched(key).await?
         } else {

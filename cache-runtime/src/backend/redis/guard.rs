@@ -1,6 +1,7 @@
 //! The request guard: every Redis request runs under one timer (`REDIS_SOCKET_TIMEOUT`,
 //! which also covers waiting for a connection) and the circuit breaker, and its faults are
-//! remembered for health reports.
+//! remembered for health reports. (A read batched into an MGET waits at most the stall
+//! bound for its batch to go, then the MGET's timer: `batch.rs`.)
 //!
 //! Two kinds of fault open the breaker: connection faults (refused, reset, timeout), after
 //! several in a row, since they may pass; and lasting ones (refused credentials, a failed
@@ -89,7 +90,8 @@ impl Guard {
     /// in a failed MGET): each read counts, as it would have alone, so a hung server opens
     /// the breaker after as many calls with batching as without.
     pub(crate) fn shared_fault(&self, e: &CacheError) {
-        if e.trips_breaker() {
+        // A bypassed request proves nothing (as in `run`).
+        if e.trips_breaker() && !matches!(e, CacheError::Unavailable) {
             self.fault(&Permit::Normal, e);
         }
     }
