@@ -228,7 +228,8 @@ impl Probes {
         .await;
     }
 
-    /// Each probe's change of `key` from `old` to `new` that began after `sent`.
+    /// Each probe's change of `key` from `old` to `new` whose first new read began after
+    /// `sent`.
     async fn changed(
         &mut self,
         key: &str,
@@ -397,6 +398,10 @@ async fn any_writer_reaches_both_l1s(
     let mut samples: BTreeMap<Op, Vec<Sample>> = BTreeMap::new();
     for round in 0..rounds {
         let base = round * 10 + 1;
+        // A change is looked for from here: a probe's read that started just before a
+        // write was sent may reach the server after it (a loaded machine) and see the new
+        // value; this round's values are its own, so the change is still the write's.
+        let round_start = mono_ns();
         for key in keys {
             ns.set(key, &base, Some(Duration::from_secs(TTL_SECS)))
                 .await
@@ -436,10 +441,9 @@ async fn any_writer_reaches_both_l1s(
                     continue;
                 }
             };
-            let sent = mono_ns();
             writer.run(&cmd).await;
             let committed = mono_ns();
-            let changes = probes.changed(key, Some(base), new, sent).await;
+            let changes = probes.changed(key, Some(base), new, round_start).await;
             let out = samples.entry(op).or_default();
             out.extend(changes.iter().map(|c| sample(c, committed)));
             if let Some(v) = new {
@@ -449,11 +453,10 @@ async fn any_writer_reaches_both_l1s(
         // What is left is held again (the SET's new value refilled from Redis), then
         // flushed.
         probes.held(&left).await;
-        let sent = mono_ns();
         writer.flushdb().await;
         let committed = mono_ns();
         for (key, v) in &left {
-            let changes = probes.changed(key, Some(*v), None, sent).await;
+            let changes = probes.changed(key, Some(*v), None, round_start).await;
             let out = samples.entry(Op::Flushdb).or_default();
             out.extend(changes.iter().map(|c| sample(c, committed)));
         }
