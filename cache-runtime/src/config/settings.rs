@@ -164,7 +164,7 @@ settings! {
     cluster_nodes: Vec<NodeAddr> = "REDIS_CLUSTER_NODES", value, parse::node_list, shown, Unset("none: `REDIS_URL`/`REDIS_HOST` is the seed");
     /// Most connections to Redis.
     pool_max_size: usize = "REDIS_CONNECTION_POOL_MAX_SIZE", value, parse::size::<1, 10_000>, shown, Value("50");
-    /// Concurrent GETs on a standalone server go out as one MGET while a read is in flight (fewer round trips and server commands under load; a lone read is sent at once).
+    /// Concurrent GETs on a standalone server: past 4 in flight, the next ones go out together as one MGET (fewer round trips and server commands under load; a few concurrent reads are sent at once).
     batch_reads: bool = "REDIS_BATCH_READS", value, parse::boolean, shown, Value("true");
     /// Seconds a command may take (fractions allowed).
     socket_timeout: Duration = "REDIS_SOCKET_TIMEOUT", value, parse::seconds, shown, Value("5");
