@@ -185,26 +185,13 @@ impl CacheError {
     /// A copy of a lasting fault (see [`Self::is_lasting`]), to answer the requests it
     /// bypasses with; `None` for any other error.
     pub(crate) fn lasting_copy(&self) -> Option<Self> {
-        match self {
-            Self::Auth {
-                detail,
-                cause: cause @ AuthCause::Credentials,
-            } => Some(Self::Auth {
-                detail: detail.clone(),
-                cause: *cause,
-            }),
-            Self::Tls { endpoint, detail } => Some(Self::Tls {
-                endpoint: endpoint.clone(),
-                detail: detail.clone(),
-            }),
-            _ => None,
-        }
+        self.is_lasting().then(|| self.copy())
     }
 
-    /// The same fault for another request that shared this one's round trip (a batched
-    /// read): the variants a request can fail with are copied; any other is passed on as
-    /// its message.
-    pub(crate) fn shared_copy(&self) -> Self {
+    /// The same fault for another request (one that shared this one's round trip, or one
+    /// the breaker bypasses): the variants a request can fail with are copied; any other is
+    /// passed on as its message.
+    pub(crate) fn copy(&self) -> Self {
         match self {
             Self::Unreachable { endpoint, detail } => Self::Unreachable {
                 endpoint: endpoint.clone(),

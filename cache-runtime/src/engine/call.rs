@@ -61,32 +61,38 @@ where
     // spans and of the store's round trips.
     let span = crate::metrics::spans::call(site);
     if !span.is_disabled() {
-        let full = run_in::<S, R, Fut, D>(site, key, copier, body, span.clone());
+        let full = run_in::<S, R, Fut, D>(site, site.cache(), key, copier, body, span.clone());
         return Either::Right(Either::Right(Box::pin(full.instrument(span))));
     }
-    if let Some(value) = l1_hit::<S::Stored>(site, &key, copier) {
-        return Either::Left(async move {
-            // An L1 hit never waits: a loop of them must still let other tasks run.
-            tokio::task::consume_budget().await;
-            S::rebuild(value)
-        });
-    }
+    let cache = match l1_hit::<S::Stored>(site, &key, copier) {
+        Ok(value) => {
+            return Either::Left(async move {
+                // An L1 hit never waits: a loop of them must still let other tasks run.
+                tokio::task::consume_budget().await;
+                S::rebuild(value)
+            });
+        }
+        Err(cache) => cache,
+    };
     // Nobody listens: no enter/exit around every poll (a twentieth of an L1 hit).
     Either::Right(Either::Left(Box::pin(run_in::<S, R, Fut, D>(
-        site, key, copier, body, span,
+        site, cache, key, copier, body, span,
     ))))
 }
 
 /// The value of a fresh L1 hit that needs nothing more (no refresh ahead due), counted;
-/// `None` sends the call the whole way, which reads the L1 again.
+/// else the call's cache (found once), for the whole way, which reads the L1 again.
 fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
     site: &'static Site,
     key: &CallKey,
     copier: Option<Copier<T>>,
-) -> Option<T> {
-    let cache = site.cache()?;
-    let hash = key.hash.as_ref()?;
-    cache.l1()?;
+) -> Result<T, Option<Selected>> {
+    let Some(cache) = site.cache() else {
+        return Err(None);
+    };
+    let (Some(hash), Some(_)) = (key.hash.as_ref(), cache.l1()) else {
+        return Err(Some(cache));
+    };
     let bound = site.bound(&cache);
     let hit = |full: &str| {
         let (value, fresh_until) = cache.l1_fresh(full, &key.shape, copier)?;
@@ -103,7 +109,7 @@ fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
     let user = key.user.as_deref();
     // The key text goes into this thread's buffer: an L1 hit allocates nothing of its own.
     let owned = || hit(&join_call(&bound.head, user, tagged, &bound.tail, hash));
-    KEY_TEXT
+    let found = KEY_TEXT
         .try_with(|buf| match buf.try_borrow_mut() {
             Ok(mut full) => {
                 join_call_into(&mut full, &bound.head, user, tagged, &bound.tail, hash);
@@ -113,7 +119,8 @@ fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
             Err(_) => owned(),
         })
         // The thread is shutting down (its buffer is gone).
-        .unwrap_or_else(|_| owned())
+        .unwrap_or_else(|_| owned());
+    found.ok_or(Some(cache))
 }
 
 thread_local! {
@@ -121,8 +128,11 @@ thread_local! {
     static KEY_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+/// The call past the L1: `cache` is the site's ([`Site::cache`]), none when the
+/// configuration is invalid (the body just runs).
 async fn run_in<S, R, Fut, D>(
     site: &'static Site,
+    cache: Option<Selected>,
     key: CallKey,
     copier: Option<Copier<S::Stored>>,
     body: Fut,
@@ -133,7 +143,7 @@ where
     Fut: Future<Output = R>,
     D: Detach<R, Fut>,
 {
-    let Some(cache) = site.cache() else {
+    let Some(cache) = cache else {
         return body.await;
     };
     let Some(hash) = key.hash.as_ref() else {

@@ -37,8 +37,9 @@
 //! the global cache; unbatched: a second cache with `REDIS_BATCH_READS=false`, as in row b4;
 //! l1: a second cache with `CACHE_L1=true`, through `with_cache`, as in row e; harness: a
 //! call that does nothing, the measuring loop's own cost, which every other figure includes),
-//! checks them like any row and prints one line. Under valgrind the L1's invalidation heartbeat can miss its deadline, which turns the L1 off:
-//! the run then says INVALID and exits with 1; run it again.
+//! checks them like any row and prints one line. Under valgrind the L1's invalidation
+//! heartbeat can miss its deadline, which turns the L1 off: the run then says INVALID and
+//! exits with 1; run it again.
 
 #[path = "cache_bench/cluster.rs"]
 mod cluster;
@@ -257,30 +258,18 @@ async fn profile(
     tasks: usize,
 ) -> Result<(String, Vec<String>), String> {
     let b = Bench::start(&FULL).await?;
-    let (keys, load) = if tasks == 1 {
+    let (keys, pattern) = if tasks == 1 {
         let keys = FULL.seq_keys;
-        let pattern = Pattern::Lockstep { keys };
-        (
-            keys,
-            Load {
-                tasks,
-                calls,
-                pattern,
-            },
-        )
+        (keys, Pattern::Lockstep { keys })
     } else {
         let per_task = FULL.keys_per_task;
         let keys = per_task * u32::try_from(tasks).map_err(|e| e.to_string())?;
-        let pattern = Pattern::Disjoint { per_task };
-        let calls = calls / tasks;
-        (
-            keys,
-            Load {
-                tasks,
-                calls,
-                pattern,
-            },
-        )
+        (keys, Pattern::Disjoint { per_task })
+    };
+    let load = Load {
+        tasks,
+        calls: calls / tasks,
+        pattern,
     };
     standalone::warm(&b, keys).await?;
     let Checked {

@@ -415,7 +415,7 @@ impl RedisBackend {
                     ),
                 };
                 for w in waiters {
-                    let _ = w.reply.send(Err(e.shared_copy()));
+                    let _ = w.reply.send(Err(e.copy()));
                 }
                 Err(e)
             }
@@ -424,7 +424,7 @@ impl RedisBackend {
             Err(e) if e.is_connection_fault() => {
                 for w in waiters {
                     self.guard.shared_fault(&e);
-                    let _ = w.reply.send(Err(e.shared_copy()));
+                    let _ = w.reply.send(Err(e.copy()));
                 }
                 Err(e)
             }

@@ -11,8 +11,8 @@ use crate::harness::{
     sequential_pair, solo, throughput_pair, Call, Checked, Expect, Ledger, Load, Pattern, Side,
 };
 use crate::setup::{
-    blocking, connected_cache, count, dbsize, ms, rate, ratio, raw_connection, us, Bench, Goal,
-    Row, ADMIN_TIMEOUT,
+    blocking, connected_cache, count, dbsize, ms, ratio, raw_connection, us, Bench, Goal, Row,
+    ADMIN_TIMEOUT,
 };
 use crate::standalone::patterns;
 use crate::workload::ours_hit;
@@ -135,15 +135,14 @@ async fn concurrent_hits(b: &Bench, cache: &Cache) -> Result<Vec<Row>, String> {
             problems,
             ..
         } = throughput_pair(&caches, &cluster, &standalone, load, s.rounds).await?;
-        rows.push(Row::new(
+        rows.push(Row::throughput(
             format!(
                 "h. cluster concurrent hits, {} tasks x {} calls, {label}; baseline: standalone",
                 s.tasks,
                 count(s.calls_per_task as u64)
             ),
-            rate(c),
-            rate(a),
-            Some(c / a.max(1e-9)),
+            c,
+            a,
             Goal::Reported,
             problems,
         ));

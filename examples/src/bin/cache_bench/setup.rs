@@ -230,6 +230,24 @@ pub struct Row {
 }
 
 impl Row {
+    /// A throughput row: calls per second of ours and of the baseline, and their ratio.
+    pub fn throughput(
+        measure: impl Into<String>,
+        ours: f64,
+        baseline: f64,
+        goal: Goal,
+        problems: Vec<String>,
+    ) -> Self {
+        Self::new(
+            measure,
+            rate(ours),
+            rate(baseline),
+            Some(ours / baseline.max(1e-9)),
+            goal,
+            problems,
+        )
+    }
+
     pub fn new(
         measure: impl Into<String>,
         ours: String,

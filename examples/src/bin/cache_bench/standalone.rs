@@ -12,8 +12,8 @@ use crate::harness::{
     throughput_pair, Call, Checked, Expect, Ledger, Load, Pattern, Run, Side,
 };
 use crate::setup::{
-    blocking, connected_cache, count, dbsize, ms, rate, ratio, raw_connection, size,
-    unbatched_cache, us, Bench, Goal, Row, Sizes, ADMIN_TIMEOUT,
+    blocking, connected_cache, count, dbsize, ms, ratio, raw_connection, size, unbatched_cache, us,
+    Bench, Goal, Row, Sizes, ADMIN_TIMEOUT,
 };
 use crate::workload::{ours_hit, ours_large_bytes, ours_large_text, ours_slow};
 
@@ -103,75 +103,77 @@ pub fn patterns(s: &Sizes) -> [(&'static str, Pattern); 3] {
     ]
 }
 
-/// b. Concurrent hits in the three patterns, ours against the baseline.
+/// b. Concurrent hits in the three patterns, ours against the baseline; then b3's pattern
+/// with batching off.
 pub async fn concurrent_hits(b: &Bench) -> Result<Vec<Row>, String> {
     let s = b.sizes;
+    let load = |pattern| Load {
+        tasks: s.tasks,
+        calls: s.calls_per_task,
+        pattern,
+    };
+    let shape = format!(
+        "{} tasks x {} calls",
+        s.tasks,
+        count(s.calls_per_task as u64)
+    );
     let mut rows = Vec::new();
     for (n, (label, pattern)) in patterns(s).into_iter().enumerate() {
-        let load = Load {
-            tasks: s.tasks,
-            calls: s.calls_per_task,
-            pattern,
-        };
-        let caches = [("ours", &b.cache)];
-        let Checked {
-            value: (o, r),
-            problems,
-            ..
-        } = throughput_pair(&caches, &ours(), &raw(b), load, s.rounds).await?;
         let keys = match pattern {
             Pattern::Disjoint { per_task } => format!("{per_task} keys per task"),
             _ => format!("{} keys", count(u64::from(s.shared_keys))),
         };
-        rows.push(Row::new(
-            format!(
-                "b{}. concurrent hits, {} tasks x {} calls, {keys}, {label}",
-                n + 1,
-                s.tasks,
-                count(s.calls_per_task as u64)
-            ),
-            rate(o),
-            rate(r),
-            Some(o / r.max(1e-9)),
-            Goal::RatioAtLeast(1.0),
-            problems,
-        ));
+        let measure = format!("b{}. concurrent hits, {shape}, {keys}, {label}", n + 1);
+        let caches = [("ours", &b.cache)];
+        rows.push(
+            concurrent_row(
+                b,
+                &caches,
+                &ours(),
+                load(pattern),
+                measure,
+                Goal::RatioAtLeast(1.0),
+            )
+            .await?,
+        );
     }
-    rows.push(unbatched_disjoint_hits(b).await?);
+    // b4: what batching concurrent GETs into MGETs gives.
+    let cache = unbatched_cache(&b.url).await?;
+    let caches = [("ours, unbatched", &cache)];
+    let unbatched = Side::on("ours, unbatched", &cache, ours_hit());
+    let disjoint = Pattern::Disjoint {
+        per_task: s.keys_per_task,
+    };
+    let measure = format!("b4. as b3 with REDIS_BATCH_READS=false, {shape}");
+    rows.push(
+        concurrent_row(
+            b,
+            &caches,
+            &unbatched,
+            load(disjoint),
+            measure,
+            Goal::Reported,
+        )
+        .await?,
+    );
     Ok(rows)
 }
 
-/// b4. Row b3's pattern on a cache with read batching off (`REDIS_BATCH_READS=false`),
-/// against the same baseline: what batching concurrent GETs into MGETs gives.
-async fn unbatched_disjoint_hits(b: &Bench) -> Result<Row, String> {
-    let s = b.sizes;
-    let cache = unbatched_cache(&b.url).await?;
-    let load = Load {
-        tasks: s.tasks,
-        calls: s.calls_per_task,
-        pattern: Pattern::Disjoint {
-            per_task: s.keys_per_task,
-        },
-    };
-    let ours = Side::on("ours, unbatched", &cache, ours_hit());
-    let caches = [("ours, unbatched", &cache)];
+/// One concurrent-hits row: `ours` (on `caches`) against the baseline.
+async fn concurrent_row<C: Call>(
+    b: &Bench,
+    caches: &[(&'static str, &Cache)],
+    ours: &Side<C>,
+    load: Load,
+    measure: String,
+    goal: Goal,
+) -> Result<Row, String> {
     let Checked {
         value: (o, r),
         problems,
         ..
-    } = throughput_pair(&caches, &ours, &raw(b), load, s.rounds).await?;
-    Ok(Row::new(
-        format!(
-            "b4. as b3 with REDIS_BATCH_READS=false, {} tasks x {} calls",
-            s.tasks,
-            count(s.calls_per_task as u64)
-        ),
-        rate(o),
-        rate(r),
-        Some(o / r.max(1e-9)),
-        Goal::Reported,
-        problems,
-    ))
+    } = throughput_pair(caches, ours, &raw(b), load, b.sizes.rounds).await?;
+    Ok(Row::throughput(measure, o, r, goal, problems))
 }
 
 /// c. Misses: distinct cold keys, ours against GET + body + SET EX.
