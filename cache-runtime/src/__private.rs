@@ -11,8 +11,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::engine::call::{self, CallKey as EngineKey, OkOnly, Plain, SomeOnly};
 use crate::engine::resilience::{Attached, Detached};
 use crate::error::CacheError;
-use crate::key::{escape_segment, ArgsHasher};
-use crate::shape::Shape;
+use crate::key::{escape_segment, ArgsInput};
+use crate::shape::Keyed;
 
 pub use crate::engine::copier::{Copier, L1ByClone, L1ByDecode, L1Probe};
 pub use crate::engine::site::Site;
@@ -23,29 +23,28 @@ pub struct CallKey(EngineKey);
 
 /// Builds a [`CallKey`] from the arguments, by reference.
 pub struct KeyBuilder {
-    hasher: ArgsHasher,
+    args: ArgsInput,
     user: Option<String>,
     tags: Vec<String>,
-    shape: Shape,
+    keyed: &'static Keyed,
 }
 
 impl KeyBuilder {
     /// For a call of `site` that stores a `T`: the argument hash is keyed by the site's
     /// identity and `T`'s shape, so a changed type never reads old entries.
     pub fn new<T: DeserializeOwned>(site: &'static Site) -> Self {
-        let keyed = site.shapes.keyed::<T>(site.site_key());
         Self {
-            hasher: ArgsHasher::with_site_key(&keyed.key),
+            args: ArgsInput::default(),
             user: None,
             tags: Vec::new(),
-            shape: keyed.shape,
+            keyed: site.shapes.keyed::<T>(site.site_key()),
         }
     }
 
     /// The user id of a user-specific function: becomes the `{user:<id>}` segment.
     pub fn user<U: Display + ?Sized>(&mut self, id: &U) {
         let id = id.to_string();
-        self.hasher.raw(id.as_bytes());
+        self.args.raw(id.as_bytes());
         self.user = Some(escape_segment(&id).into_owned());
     }
 
@@ -56,20 +55,20 @@ impl KeyBuilder {
     }
 
     pub fn arg<T: Serialize + ?Sized>(&mut self, value: &T) {
-        self.hasher.arg(value);
+        self.args.arg(value);
     }
 
     /// Mixes in a generic parameter, so `f::<u32>` and `f::<String>` never share keys.
     pub fn type_param<T: ?Sized>(&mut self) {
-        self.hasher.raw(std::any::type_name::<T>().as_bytes());
+        self.args.raw(std::any::type_name::<T>().as_bytes());
     }
 
     pub fn finish(self) -> CallKey {
         CallKey(EngineKey {
             user: self.user,
             tags: self.tags,
-            hash: self.hasher.finish(),
-            shape: self.shape,
+            args: self.args.finish(),
+            keyed: self.keyed,
         })
     }
 }

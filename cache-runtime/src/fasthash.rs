@@ -32,9 +32,21 @@ impl KeyedHash {
 
     #[inline]
     pub(crate) fn hash(&self, bytes: &[u8]) -> u64 {
-        let [s0, s1, s2] = self.seeds;
+        self.hash_from(self.seeds[0], bytes)
+    }
+
+    /// The hash of `tag` and `bytes` together (a tagged entry never collides by
+    /// construction with the same bytes under another tag, only by chance).
+    #[inline]
+    pub(crate) fn hash_tagged(&self, tag: u64, bytes: &[u8]) -> u64 {
+        self.hash_from(fold(self.seeds[0] ^ tag, self.seeds[2]), bytes)
+    }
+
+    #[inline]
+    fn hash_from(&self, start: u64, bytes: &[u8]) -> u64 {
+        let [_, s1, s2] = self.seeds;
         // The length goes in so that zero padding of the tail cannot collide.
-        let mut h = s0 ^ (bytes.len() as u64);
+        let mut h = start ^ (bytes.len() as u64);
         let mut blocks = bytes.chunks_exact(16);
         for b in &mut blocks {
             h = fold(word(&b[..8]) ^ s1, word(&b[8..]) ^ h);

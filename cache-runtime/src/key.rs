@@ -248,7 +248,7 @@ pub(crate) fn join_call(
 }
 
 /// [`join_call`] into `key` (cleared first), reusing its allocation.
-pub(crate) fn join_call_into(
+fn join_call_into(
     key: &mut String,
     head: &str,
     user: Option<&str>,
@@ -312,13 +312,63 @@ impl ArgsHash {
 pub struct ArgsHasher {
     /// The site key (BLAKE3 keyed mode).
     key: [u8; 32],
-    /// What is hashed, gathered first: a `blake3::Hasher` is about 1.9 KB, and moving it
-    /// through the builder's returns cost more than a hit's own hashing (measured with
-    /// callgrind); the digest of the whole is the same as of its parts fed in turn.
+    input: ArgsInput,
+}
+
+/// The bytes a call's argument hash is computed from, gathered first: a `blake3::Hasher`
+/// is about 1.9 KB, and moving it through the builder's returns cost more than a hit's own
+/// hashing (measured with callgrind); the digest of the whole is the same as of its parts
+/// fed in turn. Decorated calls keep these bytes unhashed until they need the key text:
+/// an L1 hit is found by them (`l1.rs`), without the digest.
+#[derive(Default)]
+pub(crate) struct ArgsInput {
     input: Gathered,
     position: u32,
     failed: bool,
 }
+
+impl ArgsInput {
+    /// Adds one argument.
+    pub(crate) fn arg<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
+        self.input.extend_from_slice(&self.position.to_le_bytes());
+        self.position += 1;
+        if bincode::serialize_into(&mut self.input, value).is_err() {
+            // A Serialize impl that refuses (e.g. a map with non-string keys is fine for
+            // bincode, but a custom impl may error): the call is not cached.
+            self.failed = true;
+        }
+    }
+
+    /// Adds raw bytes with a length prefix (used for type names of generic parameters).
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.input
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The gathered bytes, `None` when an argument could not be serialised.
+    pub(crate) fn finish(self) -> Option<CallArgs> {
+        (!self.failed).then_some(CallArgs(self.input))
+    }
+}
+
+/// A call's serialised arguments (see [`ArgsInput`]).
+pub(crate) struct CallArgs(Gathered);
+
+impl CallArgs {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    /// The argument hash under the site key `key`.
+    pub(crate) fn hash(&self, key: &[u8; 32]) -> ArgsHash {
+        let digest = blake3::keyed_hash(key, self.as_slice());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest.as_bytes()[..16]);
+        ArgsHash(out)
+    }
+}
+
 /// The bytes of a call's arguments: the first [`INLINE_ARGS`] in place (most calls' arguments
 /// fit, and a heap buffer per call was a twentieth of an L1 hit), the rest on the heap.
 struct Gathered {
@@ -398,39 +448,24 @@ impl ArgsHasher {
     pub fn with_site_key(key: &[u8; 32]) -> Self {
         Self {
             key: *key,
-            input: Gathered::default(),
-            position: 0,
-            failed: false,
+            input: ArgsInput::default(),
         }
     }
 
     /// Adds one argument.
     pub fn arg<T: serde::Serialize + ?Sized>(&mut self, value: &T) {
-        self.input.extend_from_slice(&self.position.to_le_bytes());
-        self.position += 1;
-        if bincode::serialize_into(&mut self.input, value).is_err() {
-            // A Serialize impl that refuses (e.g. a map with non-string keys is fine for
-            // bincode, but a custom impl may error): the call is not cached.
-            self.failed = true;
-        }
+        self.input.arg(value);
     }
 
     /// Adds raw bytes with a length prefix (used for type names of generic parameters).
     pub fn raw(&mut self, bytes: &[u8]) {
-        self.input
-            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        self.input.extend_from_slice(bytes);
+        self.input.raw(bytes);
     }
 
     /// The digest, or `None` when an argument could not be serialised.
     pub fn finish(self) -> Option<ArgsHash> {
-        if self.failed {
-            return None;
-        }
-        let digest = blake3::keyed_hash(&self.key, self.input.as_slice());
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&digest.as_bytes()[..16]);
-        Some(ArgsHash(out))
+        let key = self.key;
+        self.input.finish().map(|args| args.hash(&key))
     }
 }
 

@@ -12,6 +12,14 @@
 //! lock, one map probe, one clock read and an `Arc` clone (no channel, no GC), plus a clone
 //! of the kept decoded value or, for types that cannot be cloned, a decode:
 //!
+//! - Decorated calls find their entry by [`Ident`] (the call's site and its serialised
+//!   arguments), not by key text: the argument digest (BLAKE3) and the key text were a
+//!   third of a hit. Each shard also maps an ident's hash to the key's hash (an alias, in
+//!   the shard of the ident's hash); the entry keeps the ident and a hit compares it, so
+//!   an alias that went stale (its entry replaced or gone) is a miss, never a wrong value.
+//!   An alias counts the fills and entries that use it: taken before the entry is
+//!   inserted, given back after it is gone (or was not kept), never holding two shard
+//!   locks at once, so aliases neither leak nor go missing. Invalidation stays by key.
 //! - Shards (a power of two, up to 32) of `RwLock<Table>`, chosen by key hash, so reads
 //!   on several cores rarely touch the same lock. Each shard holds `max_entries / shards`
 //!   entries and `max_bytes / shards` bytes (key + twice the value: room for the decoded copy
@@ -114,6 +122,29 @@ impl Decoded {
     }
 }
 
+/// What a decorated call's entry is found by, without its key text: the address of the
+/// site's `Keyed` for the stored type (a static, one per site and type) and the call's
+/// serialised arguments. Within one L1 (one cache), it determines the key.
+#[derive(Clone, Copy)]
+pub(crate) struct Ident<'a> {
+    pub(crate) site: usize,
+    pub(crate) args: &'a [u8],
+}
+
+/// An entry's [`Ident`], kept to check hits found through its alias.
+struct Alias {
+    /// The ident's hash: where the alias is (shard and map key).
+    hash: u64,
+    site: usize,
+    args: Box<[u8]>,
+}
+
+impl Alias {
+    fn is(&self, ident: &Ident<'_>) -> bool {
+        self.site == ident.site && *self.args == *ident.args
+    }
+}
+
 /// An L1 hit: the entry, and the clock reading the hit was checked at.
 pub(crate) struct Hit {
     pub(crate) held: Arc<Held>,
@@ -128,19 +159,30 @@ struct Slot {
     expires_ms: u64,
     /// Coarse clock at the last read, for eviction.
     last_used: AtomicU64,
+    /// Set when a decorated call filled it: hits find it through this.
+    alias: Option<Alias>,
 }
 
 impl Slot {
-    /// The key, the bytes, and as much again for the decoded copy hits may keep.
+    /// The key, the ident, the bytes, and as much again for the decoded copy hits may keep.
     fn weight(&self) -> u64 {
-        (self.key.len() + 2 * self.held.bytes.len()) as u64
+        let ident = self.alias.as_ref().map_or(0, |a| a.args.len());
+        (self.key.len() + ident + 2 * self.held.bytes.len()) as u64
+    }
+
+    /// (ident hash, key hash): the alias that leads to this entry.
+    fn alias_pair(&self) -> Option<(u64, u64)> {
+        self.alias.as_ref().map(|a| (a.hash, self.hash))
     }
 }
 
 /// One shard: entries densely in `slots` (O(1) random sampling), `index` from hash to
-/// position. Invariant: `index[h] == i` exactly when `slots[i].hash == h`.
+/// position. Invariant: `index[h] == i` exactly when `slots[i].hash == h`. `aliases`: from
+/// the hash of an [`Ident`] (whose shard this is) to the hash of its entry's key (in any
+/// shard).
 struct Table {
     index: HashMap<u64, usize, BuildHasherDefault<PassThrough>>,
+    aliases: HashMap<u64, AliasTo, BuildHasherDefault<PassThrough>>,
     slots: Vec<Slot>,
     bytes: u64,
     /// xorshift state for sampling (never zero).
@@ -166,11 +208,12 @@ impl Table {
         Some(slot)
     }
 
-    fn remove_key(&mut self, hash: u64, key: &str) {
-        if let Some(&i) = self.index.get(&hash) {
-            if self.slots.get(i).is_some_and(|s| &*s.key == key) {
-                self.remove_at(i);
-            }
+    fn remove_key(&mut self, hash: u64, key: &str) -> Option<Slot> {
+        let i = *self.index.get(&hash)?;
+        if self.slots.get(i).is_some_and(|s| &*s.key == key) {
+            self.remove_at(i)
+        } else {
+            None
         }
     }
 
@@ -228,24 +271,38 @@ impl Table {
     }
 
     /// Inserts (replacing the entry of the same hash), evicting down to the budget.
-    fn insert(&mut self, slot: Slot, budget: &Budget, now: u64) {
+    /// Returns the entries it displaced (with itself when not kept), to be dropped, and
+    /// their aliases given back, after unlocking.
+    fn insert(&mut self, slot: Slot, budget: &Budget, now: u64) -> Vec<Slot> {
+        let mut out = Vec::new();
         if let Some(&i) = self.index.get(&slot.hash) {
-            self.remove_at(i);
+            out.extend(self.remove_at(i));
         }
         let weight = slot.weight();
         if weight > budget.bytes || budget.entries == 0 {
-            return;
+            out.push(slot);
+            return out;
         }
         while self.slots.len() as u64 >= budget.entries || self.bytes + weight > budget.bytes {
-            let Some(i) = self.victim(now) else { return };
-            if self.remove_at(i).is_none() {
-                return;
+            match self.victim(now).and_then(|i| self.remove_at(i)) {
+                Some(evicted) => out.push(evicted),
+                None => {
+                    out.push(slot);
+                    return out;
+                }
             }
         }
         self.index.insert(slot.hash, self.slots.len());
         self.bytes += weight;
         self.slots.push(slot);
+        out
     }
+}
+
+/// Where an alias leads: the key's hash, and how many entries (and fills under way) use it.
+struct AliasTo {
+    hash: u64,
+    refs: u32,
 }
 
 /// Per-shard limits.
@@ -312,6 +369,7 @@ impl L1 {
             shards: Box::new(std::array::from_fn(|i| {
                 Shard(RwLock::new(Table {
                     index: HashMap::default(),
+                    aliases: HashMap::default(),
                     slots: Vec::new(),
                     bytes: 0,
                     rng: state.hash_one(i) | 1,
@@ -354,7 +412,28 @@ impl L1 {
         }
         let hash = self.hasher.hash(key.as_bytes());
         let table = self.shard(hash).read();
-        let slot = table.find(hash, key)?;
+        self.serve(table.find(hash, key)?)
+    }
+
+    /// The entry a decorated call filled with `ident` (see [`Ident`]).
+    pub(crate) fn get_by(&self, ident: &Ident<'_>) -> Option<Hit> {
+        if !self.is_healthy() {
+            return None;
+        }
+        let alias = self.hasher.hash_tagged(ident.site as u64, ident.args);
+        // One lock at a time: the alias's shard, then the entry's.
+        let hash = self.shard(alias).read().aliases.get(&alias)?.hash;
+        let table = self.shard(hash).read();
+        let slot = table.slots.get(*table.index.get(&hash)?)?;
+        if !slot.alias.as_ref().is_some_and(|a| a.is(ident)) {
+            return None;
+        }
+        self.serve(slot)
+    }
+
+    /// A hit of `slot`, unless it expired.
+    #[inline]
+    fn serve(&self, slot: &Slot) -> Option<Hit> {
         let now = self.clock.coarse_ms();
         if now >= slot.expires_ms {
             // Left for eviction to reclaim: removing needs the write lock.
@@ -397,8 +476,16 @@ impl L1 {
     }
 
     /// Fills from a Redis read, unless an invalidation arrived since `ticket` or the
-    /// channel is down.
-    pub(crate) fn fill(&self, key: &str, bytes: Arc<[u8]>, redis_ttl: Duration, ticket: &Ticket) {
+    /// channel is down; `ident`: the decorated call that read it, whose later hits find the
+    /// entry by it.
+    pub(crate) fn fill(
+        &self,
+        key: &str,
+        bytes: Arc<[u8]>,
+        redis_ttl: Duration,
+        ticket: &Ticket,
+        ident: Option<Ident<'_>>,
+    ) {
         if !self.is_healthy() || redis_ttl.is_zero() {
             return;
         }
@@ -417,21 +504,61 @@ impl L1 {
             }),
             expires_ms: ticket.start_ms.saturating_add(life_ms),
             last_used: AtomicU64::new(now),
+            alias: ident.map(|i| Alias {
+                hash: self.hasher.hash_tagged(i.site as u64, i.args),
+                site: i.site,
+                args: i.args.into(),
+            }),
         };
+        // The alias first: whatever removes the entry later finds it and gives it back.
+        if let Some((alias, hash)) = slot.alias_pair() {
+            let mut table = self.shard(alias).write();
+            let to = table
+                .aliases
+                .entry(alias)
+                .or_insert(AliasTo { hash, refs: 0 });
+            if to.hash != hash {
+                // Two idents with one hash: the newer wins (the older entry's calls miss).
+                *to = AliasTo { hash, refs: 0 };
+            }
+            to.refs += 1;
+        }
         let mut table = self.shard(hash).write();
         // Checked under the shard lock: an invalidation bumps the stripe *before* taking
         // this lock to remove, so either we see the bump here, or its removal runs after
         // our insert and drops it.
         if self.stripes[ticket.stripe].load(Ordering::Acquire) != ticket.seq {
+            drop(table);
+            self.forget(&[slot]);
             return;
         }
-        table.insert(slot, &self.budget, now);
+        let out = table.insert(slot, &self.budget, now);
+        drop(table);
+        self.forget(&out);
+    }
+
+    /// Gives back the aliases of entries that are gone (or were not kept); an alias no
+    /// entry uses any more is dropped. Called without any shard lock held.
+    fn forget(&self, gone: &[Slot]) {
+        for (alias, hash) in gone.iter().filter_map(Slot::alias_pair) {
+            let mut table = self.shard(alias).write();
+            // Only if it still leads to that entry (else a colliding ident took it over).
+            if let Some(to) = table.aliases.get_mut(&alias).filter(|to| to.hash == hash) {
+                to.refs -= 1;
+                if to.refs == 0 {
+                    table.aliases.remove(&alias);
+                }
+            }
+        }
     }
 
     pub(crate) fn invalidate_key(&self, key: &str) {
         self.stripes[stripe(key)].fetch_add(1, Ordering::AcqRel);
         let hash = self.hasher.hash(key.as_bytes());
-        self.shard(hash).write().remove_key(hash, key);
+        let removed = self.shard(hash).write().remove_key(hash, key);
+        if let Some(slot) = removed {
+            self.forget(&[slot]);
+        }
     }
 
     pub(crate) fn invalidate_prefix(&self, prefix: &str) {
@@ -449,7 +576,7 @@ impl L1 {
         for shard in &*self.shards {
             let removed = shard.write().remove_matching(predicate);
             // Values are freed outside the lock.
-            drop(removed);
+            self.forget(&removed);
         }
     }
 
@@ -459,7 +586,7 @@ impl L1 {
         }
         for shard in &*self.shards {
             let removed = shard.write().clear();
-            drop(removed);
+            self.forget(&removed);
         }
     }
 
@@ -515,14 +642,162 @@ mod tests {
 
     fn put(l1: &L1, key: &str, value: &[u8], ttl: Duration) {
         let t = l1.ticket(key);
-        l1.fill(key, Arc::from(value), ttl, &t);
+        l1.fill(key, Arc::from(value), ttl, &t, None);
+    }
+
+    const SITE: usize = 0x1000;
+
+    fn put_by(l1: &L1, key: &str, args: &[u8], value: &[u8]) {
+        let t = l1.ticket(key);
+        let ident = Ident { site: SITE, args };
+        l1.fill(
+            key,
+            Arc::from(value),
+            Duration::from_secs(60),
+            &t,
+            Some(ident),
+        );
+    }
+
+    fn by(l1: &L1, site: usize, args: &[u8]) -> Option<Vec<u8>> {
+        l1.get_by(&Ident { site, args })
+            .map(|hit| hit.held.bytes.to_vec())
+    }
+
+    /// Every alias leads to an entry holding its ident, and every entry with an ident has
+    /// its alias (no lost or leaked aliases).
+    fn aliases_agree(l1: &L1) {
+        let mut aliased = 0;
+        for shard in l1.shards.iter() {
+            let t = shard.read();
+            assert_eq!(t.index.len(), t.slots.len());
+            for (alias, to) in &t.aliases {
+                let owner = l1.shards.iter().find_map(|s| {
+                    let s = s.read();
+                    let slot = s.slots.get(*s.index.get(&to.hash)?)?;
+                    Some(slot.alias.as_ref()?.hash == *alias)
+                });
+                assert_eq!(owner, Some(true), "alias {alias:x} leads nowhere");
+                assert_eq!(to.refs, 1, "one entry per alias once fills are done");
+            }
+            aliased += t.slots.iter().filter(|s| s.alias.is_some()).count();
+        }
+        let aliases: usize = l1.shards.iter().map(|s| s.read().aliases.len()).sum();
+        assert_eq!(aliases, aliased, "one alias per entry filled by a call");
+    }
+
+    #[test]
+    fn a_call_finds_its_entry_by_ident_and_only_its_own() {
+        let l1 = healthy();
+        put_by(&l1, "p:f:aa", b"args-1", b"one");
+        put_by(&l1, "p:f:bb", b"args-2", b"two");
+        assert_eq!(by(&l1, SITE, b"args-1").as_deref(), Some(&b"one"[..]));
+        assert_eq!(by(&l1, SITE, b"args-2").as_deref(), Some(&b"two"[..]));
+        assert!(by(&l1, SITE, b"args-3").is_none());
+        assert!(by(&l1, SITE + 8, b"args-1").is_none(), "another site");
+        assert!(
+            by(&l1, SITE, b"args-").is_none(),
+            "a prefix of the arguments"
+        );
+        // The key still finds it (invalidation, manual reads).
+        assert_eq!(l1.get("p:f:aa").unwrap().held.bytes[..], b"one"[..]);
+        // A fill without an ident is not found by one.
+        put(&l1, "p:g:cc", b"three", Duration::from_secs(60));
+        assert!(by(&l1, SITE, b"").is_none());
+        aliases_agree(&l1);
+        l1.healthy.store(false, Ordering::Release);
+        assert!(
+            by(&l1, SITE, b"args-1").is_none(),
+            "not while the stream is down"
+        );
+    }
+
+    #[test]
+    fn invalidation_by_key_prefix_or_flush_reaches_entries_found_by_ident() {
+        let l1 = healthy();
+        put_by(&l1, "p:a:1", b"1", b"v");
+        put_by(&l1, "p:a:2", b"2", b"v");
+        put_by(&l1, "p:b:3", b"3", b"v");
+        l1.invalidate(Invalidated::Key("p:a:1"));
+        assert!(by(&l1, SITE, b"1").is_none());
+        aliases_agree(&l1);
+        l1.invalidate(Invalidated::Prefix("p:a:"));
+        assert!(by(&l1, SITE, b"2").is_none());
+        assert!(by(&l1, SITE, b"3").is_some());
+        aliases_agree(&l1);
+        l1.invalidate(Invalidated::All);
+        assert!(by(&l1, SITE, b"3").is_none());
+        aliases_agree(&l1);
+        assert_eq!(l1.usage(), (0, 0));
+    }
+
+    #[test]
+    fn refills_replacements_and_raced_fills_keep_one_alias_per_entry() {
+        let l1 = healthy();
+        put_by(&l1, "k", b"x", b"old");
+        put_by(&l1, "k", b"x", b"new");
+        assert_eq!(by(&l1, SITE, b"x").as_deref(), Some(&b"new"[..]));
+        aliases_agree(&l1);
+        // The key refilled without an ident (a manual read): the ident no longer finds it.
+        put(&l1, "k", b"manual", Duration::from_secs(60));
+        assert!(by(&l1, SITE, b"x").is_none());
+        aliases_agree(&l1);
+        // A fill that raced an invalidation leaves no alias behind.
+        let t = l1.ticket("r");
+        l1.invalidate_key("r");
+        let ident = Ident {
+            site: SITE,
+            args: b"r",
+        };
+        l1.fill(
+            "r",
+            Arc::from(&b"v"[..]),
+            Duration::from_secs(60),
+            &t,
+            Some(ident),
+        );
+        assert!(by(&l1, SITE, b"r").is_none());
+        aliases_agree(&l1);
+        // Nor does one too large to keep.
+        let t = l1.ticket("big");
+        let huge = vec![0u8; 64 << 20];
+        l1.fill(
+            "big",
+            Arc::from(huge),
+            Duration::from_secs(60),
+            &t,
+            Some(Ident {
+                site: SITE,
+                args: b"big",
+            }),
+        );
+        assert!(by(&l1, SITE, b"big").is_none());
+        aliases_agree(&l1);
+    }
+
+    #[test]
+    fn eviction_drops_the_aliases_of_evicted_entries() {
+        let config = L1Config {
+            max_entries: NonZeroU64::new(64).unwrap(),
+            ..L1Config::default()
+        };
+        let l1 = healthy_with(&config);
+        for i in 0..1_000u32 {
+            put_by(&l1, &format!("key:{i}"), &i.to_le_bytes(), b"v");
+        }
+        assert!(l1.usage().0 <= 64);
+        aliases_agree(&l1);
+        assert!(
+            by(&l1, SITE, &999u32.to_le_bytes()).is_some(),
+            "the newest is kept"
+        );
     }
 
     #[test]
     fn serves_only_while_healthy() {
         let l1 = healthy();
         let t = l1.ticket("k");
-        l1.fill("k", Arc::from(&b"v"[..]), Duration::from_secs(5), &t);
+        l1.fill("k", Arc::from(&b"v"[..]), Duration::from_secs(5), &t, None);
         assert!(l1.get("k").is_some());
         l1.healthy.store(false, Ordering::Release);
         assert!(l1.get("k").is_none());
@@ -569,7 +844,13 @@ mod tests {
         let l1 = healthy();
         let t = l1.ticket("k");
         l1.invalidate(Invalidated::Key("k"));
-        l1.fill("k", Arc::from(&b"old"[..]), Duration::from_secs(5), &t);
+        l1.fill(
+            "k",
+            Arc::from(&b"old"[..]),
+            Duration::from_secs(5),
+            &t,
+            None,
+        );
         assert!(l1.get("k").is_none());
     }
 
@@ -580,8 +861,9 @@ mod tests {
     #[test]
     fn a_fill_older_than_an_invalidation_it_raced_is_dropped() {
         let l1 = healthy();
-        let old =
-            |l1: &L1, t: &Ticket| l1.fill("k", Arc::from(&b"old"[..]), Duration::from_secs(5), t);
+        let old = |l1: &L1, t: &Ticket| {
+            l1.fill("k", Arc::from(&b"old"[..]), Duration::from_secs(5), t, None)
+        };
         let t = l1.ticket("k");
         l1.invalidate(Invalidated::All);
         old(&l1, &t);
@@ -602,7 +884,7 @@ mod tests {
         let l1 = healthy();
         for k in ["p:a:1", "p:a:2", "p:b:1"] {
             let t = l1.ticket(k);
-            l1.fill(k, Arc::from(&b"v"[..]), Duration::from_secs(5), &t);
+            l1.fill(k, Arc::from(&b"v"[..]), Duration::from_secs(5), &t, None);
         }
         l1.invalidate(Invalidated::Key("p:a:1"));
         assert!(l1.get("p:a:1").is_none());
@@ -619,7 +901,13 @@ mod tests {
     fn never_longer_than_redis() {
         let l1 = healthy();
         let t = l1.ticket("k");
-        l1.fill("k", Arc::from(&b"v"[..]), Duration::from_millis(20), &t);
+        l1.fill(
+            "k",
+            Arc::from(&b"v"[..]),
+            Duration::from_millis(20),
+            &t,
+            None,
+        );
         std::thread::sleep(Duration::from_millis(40));
         assert!(l1.get("k").is_none());
     }
@@ -755,7 +1043,9 @@ mod tests {
                     for i in 0..20_000u32 {
                         let key = format!("k{}", (i * 7 + t * 13) % 1000);
                         match i % 5 {
+                            0 if i % 2 == 0 => put_by(&l1, &key, key.as_bytes(), &[t as u8; 40]),
                             0 => put(&l1, &key, &[t as u8; 40], Duration::from_secs(60)),
+                            3 => hits += u32::from(by(&l1, SITE, key.as_bytes()).is_some()),
                             1 if i % 1000 == 1 => l1.invalidate_prefix("k1"),
                             2 if i % 97 == 2 => l1.invalidate_key(&key),
                             _ => hits += u32::from(l1.get(&key).is_some()),
@@ -779,6 +1069,7 @@ mod tests {
             }
             assert_eq!(t.bytes, t.slots.iter().map(Slot::weight).sum::<u64>());
         }
+        aliases_agree(&l1);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use cache_runtime::{cache_result, with_cache, Cache};
+use cache_runtime::{cache_result, cache_user_specific, with_cache, Cache};
 use cache_tests::{l1_cache_at, RedisServer};
 use serde::{Deserialize, Serialize};
 
@@ -153,4 +153,83 @@ async fn a_type_that_cannot_be_cloned_is_still_served_by_the_l1() {
         assert_eq!(with_cache(cache.clone(), sealed(5)).await, expected);
     }
     assert_eq!(l1_hits(&cache), before + 10, "every read was an L1 hit");
+}
+
+#[cache_result(ttl = 600, namespace = "l1copy")]
+async fn doubled(id: u32) -> Vec<u64> {
+    vec![u64::from(id) * 2; 4]
+}
+
+#[cache_user_specific(ttl = 600, data_type = "l1copy")]
+async fn for_user(user_id: &str, id: u32) -> String {
+    format!("{user_id}/{id}")
+}
+
+/// Two inner functions with one module path (`…::inner`) and the same argument, in two
+/// namespaces: two sites and two keys, never one L1 entry. (In one namespace they would
+/// share their Redis key: a function is known by its path, name and signature.)
+async fn inner_a(id: u32) -> String {
+    #[cache_result(ttl = 600, namespace = "l1copy")]
+    async fn inner(id: u32) -> String {
+        format!("a{id}")
+    }
+    inner(id).await
+}
+
+async fn inner_b(id: u32) -> String {
+    #[cache_result(ttl = 600, namespace = "l1copy_b")]
+    async fn inner(id: u32) -> String {
+        format!("b{id}")
+    }
+    inner(id).await
+}
+
+/// Calls `call` until one is an L1 hit counted in `namespace`; returns that call's value.
+async fn until_hit_in<T, F: std::future::Future<Output = T>>(
+    cache: &Cache,
+    namespace: &str,
+    mut call: impl FnMut() -> F,
+) -> T {
+    let hits = |c: &Cache| c.counters().get(namespace).map_or(0, |c| c.l1_hits);
+    let start = Instant::now();
+    loop {
+        let before = hits(cache);
+        let value = with_cache(cache.clone(), call()).await;
+        if hits(cache) > before {
+            return value;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never an L1 hit in {namespace}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// L1 hits are found by the call's site and serialised arguments, not by its key text:
+/// the same arguments to other functions, other users, or another function of the same
+/// path each find their own entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_finds_its_own_entry_in_the_l1() {
+    let server = RedisServer::plain();
+    let cache = l1_cache(&server);
+    for round in 0..2 {
+        for id in [1, 2] {
+            let s = until_l1_hit(&cache, || series(id)).await;
+            let d = until_l1_hit(&cache, || doubled(id)).await;
+            let want = (vec![u64::from(id); 4], vec![u64::from(id) * 2; 4]);
+            assert_eq!((s, d), want, "round {round}");
+            let a = until_l1_hit(&cache, || inner_a(id)).await;
+            let b = until_hit_in(&cache, "l1copy_b", || inner_b(id)).await;
+            assert_eq!(
+                (a, b),
+                (format!("a{id}"), format!("b{id}")),
+                "round {round}"
+            );
+        }
+        for user in ["u1", "u2"] {
+            let got = until_hit_in(&cache, "users", || for_user(user, 5)).await;
+            assert_eq!(got, format!("{user}/5"), "round {round}");
+        }
+    }
 }

@@ -21,20 +21,41 @@ use crate::backend::Store as _;
 use crate::counters::Stamp;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
-use crate::key::{join_call, join_call_into, ArgsHash};
-use crate::shape::Shape;
+use crate::key::{join_call, ArgsHash, CallArgs};
+use crate::l1::Ident;
+use crate::shape::{Keyed, Shape};
 
 pub(crate) use super::returns::{OkOnly, Plain, Returns, SomeOnly};
 
-/// The identity of one call: the user segment (escaped), the argument hash (`None` when an
-/// argument could not be serialised: then the call is not cached), and the stored type's
-/// shape (recorded in the value's envelope).
+/// The identity of one call: the user segment (escaped), the serialised arguments (`None`
+/// when one could not be serialised: then the call is not cached), and the site's key and
+/// shape for the stored type (the shape is recorded in the value's envelope).
 pub(crate) struct CallKey {
     pub(crate) user: Option<String>,
     /// The tags the entry is stored with (`tags = [...]`, built from the arguments).
     pub(crate) tags: Vec<String>,
-    pub(crate) hash: Option<ArgsHash>,
-    pub(crate) shape: Shape,
+    pub(crate) args: Option<CallArgs>,
+    pub(crate) keyed: &'static Keyed,
+}
+
+impl CallKey {
+    /// The argument hash (BLAKE3): only a call that needs its key text computes it (an L1
+    /// hit is found by [`Self::ident`]).
+    pub(crate) fn hash(&self) -> Option<ArgsHash> {
+        Some(self.args.as_ref()?.hash(&self.keyed.key))
+    }
+
+    /// What the L1 finds this call's entry by.
+    pub(crate) fn ident(&self) -> Option<Ident<'_>> {
+        Some(Ident {
+            site: std::ptr::from_ref(self.keyed) as usize,
+            args: self.args.as_ref()?.as_slice(),
+        })
+    }
+
+    pub(crate) fn shape(&self) -> &Shape {
+        &self.keyed.shape
+    }
 }
 
 /// Runs one decorated call. `D` says whether the body may finish after the call returned
@@ -82,6 +103,7 @@ where
 
 /// The value of a fresh L1 hit that needs nothing more (no refresh ahead due), counted;
 /// else the call's cache (found once), for the whole way, which reads the L1 again.
+/// Found by the call's [`Ident`]: neither the argument hash nor the key text is computed.
 fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
     site: &'static Site,
     key: &CallKey,
@@ -90,42 +112,36 @@ fn l1_hit<T: serde::Serialize + serde::de::DeserializeOwned>(
     let Some(cache) = site.cache() else {
         return Err(None);
     };
-    let (Some(hash), Some(_)) = (key.hash.as_ref(), cache.l1()) else {
+    let (Some(ident), Some(_)) = (key.ident(), cache.l1()) else {
         return Err(Some(cache));
     };
     let bound = site.bound(&cache);
-    let hit = |full: &str| {
-        let (value, fresh_until) = cache.l1_fresh(full, &key.shape, copier)?;
-        if let (Some(fraction), Some(until)) = (bound.resilience.refresh_ahead, fresh_until) {
-            if resilience::refresh_due(until, bound.ttl, fraction) {
-                return None;
-            }
-        }
-        bound.counters.l1_hit();
-        tracing::debug!(target: "cache_runtime::store", key = full, "hit (L1)");
-        Some(value)
+    let Some((value, fresh_until)) = cache.l1_fresh(&ident, key.shape(), copier) else {
+        return Err(Some(cache));
     };
-    let tagged = !cache.keys().seed_users();
-    let user = key.user.as_deref();
-    // The key text goes into this thread's buffer: an L1 hit allocates nothing of its own.
-    let owned = || hit(&join_call(&bound.head, user, tagged, &bound.tail, hash));
-    let found = KEY_TEXT
-        .try_with(|buf| match buf.try_borrow_mut() {
-            Ok(mut full) => {
-                join_call_into(&mut full, &bound.head, user, tagged, &bound.tail, hash);
-                hit(&full)
-            }
-            // Only if a value's decoding re-entered a decorated call on this thread.
-            Err(_) => owned(),
-        })
-        // The thread is shutting down (its buffer is gone).
-        .unwrap_or_else(|_| owned());
-    found.ok_or(Some(cache))
+    if let (Some(fraction), Some(until)) = (bound.resilience.refresh_ahead, fresh_until) {
+        if resilience::refresh_due(until, bound.ttl, fraction) {
+            return Err(Some(cache));
+        }
+    }
+    bound.counters.l1_hit();
+    if tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG) {
+        if let Some(full) = key_in(&cache, &bound, key) {
+            tracing::debug!(target: "cache_runtime::store", key = full, "hit (L1)");
+        }
+    }
+    Ok(value)
 }
 
-thread_local! {
-    /// The key text of this thread's L1 lookups (kept: its capacity is reused).
-    static KEY_TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+/// The full key of `key` in `cache` (`bound`: the site's state for it).
+fn key_in(cache: &Selected, bound: &BoundRef<'_>, key: &CallKey) -> Option<String> {
+    Some(join_call(
+        &bound.head,
+        key.user.as_deref(),
+        !cache.keys().seed_users(),
+        &bound.tail,
+        &key.hash()?,
+    ))
 }
 
 /// The call past the L1: `cache` is the site's ([`Site::cache`]), none when the
@@ -146,18 +162,11 @@ where
     let Some(cache) = cache else {
         return body.await;
     };
-    let Some(hash) = key.hash.as_ref() else {
+    let bound = site.bound(&cache);
+    let Some(full) = key_in(&cache, &bound, &key) else {
         tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
         return body.await;
     };
-    let bound = site.bound(&cache);
-    let full = join_call(
-        &bound.head,
-        key.user.as_deref(),
-        !cache.keys().seed_users(),
-        &bound.tail,
-        hash,
-    );
     crate::metrics::spans::bind(&span, &cache);
     let r = bound.resilience;
     let mut store = true;
@@ -166,7 +175,8 @@ where
         .read_entry::<S::Stored>(
             &bound.counters,
             &full,
-            &key.shape,
+            key.ident(),
+            key.shape(),
             !r.fail_safe.is_zero(),
             copier,
         )
@@ -227,7 +237,7 @@ where
                 _ => Some(flight::wait(rx).await),
             };
             if let Some(FlightState::Done(bytes)) = &waited {
-                if let Ok((v, _)) = cache.codec().decode_timed::<S::Stored>(bytes, &key.shape) {
+                if let Ok((v, _)) = cache.codec().decode_timed::<S::Stored>(bytes, key.shape()) {
                     return S::rebuild(v);
                 }
             }
@@ -253,7 +263,7 @@ where
         key: full,
         user: key.user,
         tags: key.tags,
-        shape: key.shape,
+        shape: key.keyed.shape,
         leader,
         lock: None,
         store,
@@ -371,7 +381,7 @@ fn refresh_ahead<S, R, Fut, D>(
         key: full,
         user: key.user,
         tags: key.tags,
-        shape: key.shape,
+        shape: key.keyed.shape,
         leader: leader.into_owned(Arc::clone(&cache.inner.flights)),
         lock: None,
         store: true,
@@ -432,15 +442,7 @@ async fn panicked<S: Returns<R>, R>(
 /// The full key of one call in the cache it would use.
 pub(crate) fn key_of(site: &'static Site, key: &CallKey) -> Option<String> {
     let cache = site.cache()?;
-    let hash = key.hash.as_ref()?;
-    let bound = site.bound(&cache);
-    Some(join_call(
-        &bound.head,
-        key.user.as_deref(),
-        !cache.keys().seed_users(),
-        &bound.tail,
-        hash,
-    ))
+    key_in(&cache, &site.bound(&cache), key)
 }
 
 /// Deletes the entry of one call; `Ok(false)` when there was none.

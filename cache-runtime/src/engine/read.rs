@@ -14,7 +14,7 @@ use crate::cache::Cache;
 use crate::counters::Counters;
 use crate::error::CacheError;
 use crate::flight::{self, FlightState, Role};
-use crate::l1::{Hit, L1};
+use crate::l1::{Hit, Ident, L1};
 use crate::shape::Shape;
 
 /// What a read found, for a caller that knows about logical expiry (decorated calls).
@@ -56,7 +56,10 @@ impl Cache {
         shape: &Shape,
     ) -> Result<Option<T>, CacheError> {
         Ok(
-            match self.read_entry(counters, key, shape, false, None).await? {
+            match self
+                .read_entry(counters, key, None, shape, false, None)
+                .await?
+            {
                 Entry::Fresh { value, .. } => Some(value),
                 Entry::Stale(_) | Entry::Missing => None,
             },
@@ -66,11 +69,13 @@ impl Cache {
     /// Reads and decodes `key` as a `T` of `shape`, counting the outcome in `counters`;
     /// `keep_stale`: a timed entry past its logical expiry is returned as [`Entry::Stale`]
     /// (else it is [`Entry::Missing`]); `copier`: L1 hits of this type clone a kept decoded
-    /// copy instead of decoding.
+    /// copy instead of decoding; `ident`: the decorated call reading it, which a fill of the
+    /// L1 records (its later hits find the entry by it, `l1.rs`).
     pub(crate) async fn read_entry<T: Serialize + DeserializeOwned>(
         &self,
         counters: &Counters,
         key: &str,
+        ident: Option<Ident<'_>>,
         shape: &Shape,
         keep_stale: bool,
         copier: Option<Copier<T>>,
@@ -96,7 +101,8 @@ impl Cache {
                 return Ok(Entry::Fresh { value, fresh_until });
             }
         }
-        self.read_stored(counters, key, shape, keep_stale).await
+        self.read_stored(counters, key, ident, shape, keep_stale)
+            .await
     }
 
     /// [`Self::read_entry`] from the store.
@@ -104,6 +110,7 @@ impl Cache {
         &self,
         counters: &Counters,
         key: &str,
+        ident: Option<Ident<'_>>,
         shape: &Shape,
         keep_stale: bool,
     ) -> Result<Entry<T>, CacheError> {
@@ -114,7 +121,7 @@ impl Cache {
         let start = tracing::enabled!(target: "cache_runtime::store", tracing::Level::DEBUG)
             .then(Instant::now);
         let latency_us = || start.map(|s| s.elapsed().as_micros() as u64);
-        let bytes = match self.read_bytes(key).await {
+        let bytes = match self.read_bytes(key, ident).await {
             Ok(b) => b,
             Err(CacheError::WrongType) => {
                 counters.miss();
@@ -189,15 +196,16 @@ impl Cache {
         Some((value, fresh_until, stale))
     }
 
-    /// A fresh L1 hit of `key` as a `T`, with its `fresh_until`; not counted.
+    /// A fresh L1 hit of the decorated call `ident` as a `T`, with its `fresh_until`; not
+    /// counted.
     pub(crate) fn l1_fresh<T: Serialize + DeserializeOwned>(
         &self,
-        key: &str,
+        ident: &Ident<'_>,
         shape: &Shape,
         copier: Option<Copier<T>>,
     ) -> Option<(T, Option<u64>)> {
         let l1 = self.l1()?;
-        let hit = l1.get(key)?;
+        let hit = l1.get_by(ident)?;
         match self.l1_value(l1, &hit, shape, copier)? {
             (value, fresh_until, false) => Some((value, fresh_until)),
             (_, _, true) => None,
@@ -214,22 +222,27 @@ impl Cache {
         Some(l1)
     }
 
-    /// A store read, shared with concurrent reads of the same key.
-    pub(crate) async fn read_bytes(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+    /// A store read, shared with concurrent reads of the same key (`ident`: see
+    /// [`Self::read_entry`]).
+    pub(crate) async fn read_bytes(
+        &self,
+        key: &str,
+        ident: Option<Ident<'_>>,
+    ) -> Result<Option<Bytes>, CacheError> {
         // Nothing in flight to join: skip the bookkeeping (the sequential case). Two reads
         // racing past this check merely both go to the store.
         if !self.inner.backend.busy() {
-            return self.read_direct(key).await;
+            return self.read_direct(key, ident).await;
         }
         match self.inner.reads.join(key) {
             Role::Follower(rx) => match flight::wait(rx).await {
                 FlightState::Done(bytes) => Ok(Some(Bytes::Shared(bytes))),
                 FlightState::Absent => Ok(None),
                 FlightState::Failed => Err(CacheError::Unavailable),
-                FlightState::Running | FlightState::NotCached => self.read_direct(key).await,
+                FlightState::Running | FlightState::NotCached => self.read_direct(key, ident).await,
             },
             Role::Leader(leader) => {
-                let result = self.read_direct(key).await;
+                let result = self.read_direct(key, ident).await;
                 if !leader.has_followers() {
                     return result;
                 }
@@ -256,7 +269,11 @@ impl Cache {
     }
 
     /// One store read; fills the L1 (with the store's remaining TTL) when it is enabled.
-    async fn read_direct(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+    async fn read_direct(
+        &self,
+        key: &str,
+        ident: Option<Ident<'_>>,
+    ) -> Result<Option<Bytes>, CacheError> {
         let backend = &self.inner.backend;
         let Some(l1) = self.l1() else {
             return backend.get(key).await;
@@ -267,7 +284,7 @@ impl Cache {
         };
         let shared = value.into_shared();
         if let KeyTtl::ExpiresIn(ttl) = ttl {
-            l1.fill(key, Arc::clone(&shared), ttl, &ticket);
+            l1.fill(key, Arc::clone(&shared), ttl, &ticket, ident);
         }
         Ok(Some(Bytes::Shared(shared)))
     }
