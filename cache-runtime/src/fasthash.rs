@@ -35,8 +35,7 @@ impl KeyedHash {
         self.hash_from(self.seeds[0], bytes)
     }
 
-    /// The hash of `tag` and `bytes` together (a tagged entry never collides by
-    /// construction with the same bytes under another tag, only by chance).
+    /// The hash of `tag` and `bytes` together: the same bytes under two tags hash apart.
     #[inline]
     pub(crate) fn hash_tagged(&self, tag: u64, bytes: &[u8]) -> u64 {
         self.hash_from(fold(self.seeds[0] ^ tag, self.seeds[2]), bytes)

@@ -243,20 +243,6 @@ pub(crate) fn join_call(
 ) -> String {
     let user_len = user.map_or(0, |u| u.len() + 8);
     let mut key = String::with_capacity(head.len() + user_len + tail.len() + 32);
-    join_call_into(&mut key, head, user, tagged, tail, hash);
-    key
-}
-
-/// [`join_call`] into `key` (cleared first), reusing its allocation.
-fn join_call_into(
-    key: &mut String,
-    head: &str,
-    user: Option<&str>,
-    tagged: bool,
-    tail: &str,
-    hash: &ArgsHash,
-) {
-    key.clear();
     key.push_str(head);
     if let Some(user) = user {
         key.push_str(if tagged { ":{user:" } else { ":user:" });
@@ -266,7 +252,8 @@ fn join_call_into(
         }
     }
     key.push_str(tail);
-    hash.write_hex(key);
+    hash.write_hex(&mut key);
+    key
 }
 
 /// The two lower-case hex digits of every byte (a table: the digest is written on every call).

@@ -67,22 +67,32 @@ async fn series(id: u32) -> Vec<u64> {
     vec![u64::from(id); 4]
 }
 
-/// Calls `call` in `cache` until one call is an L1 hit (a first read may rightly not fill);
-/// returns that call's value. Panics if none is within 5 s.
+/// Calls `call` in `cache` until one call is an L1 hit in [`NS`] (a first read may rightly
+/// not fill); returns that call's value. Panics if none is within 5 s.
 async fn until_l1_hit<T, F: std::future::Future<Output = T>>(
     cache: &Cache,
+    call: impl FnMut() -> F,
+) -> T {
+    until_hit_in(cache, NS, call).await
+}
+
+/// [`until_l1_hit`] for a call counted in `namespace`.
+async fn until_hit_in<T, F: std::future::Future<Output = T>>(
+    cache: &Cache,
+    namespace: &str,
     mut call: impl FnMut() -> F,
 ) -> T {
+    let hits = |c: &Cache| c.counters().get(namespace).map_or(0, |c| c.l1_hits);
     let start = Instant::now();
     loop {
-        let before = l1_hits(cache);
+        let before = hits(cache);
         let value = with_cache(cache.clone(), call()).await;
-        if l1_hits(cache) > before {
+        if hits(cache) > before {
             return value;
         }
         assert!(
             start.elapsed() < Duration::from_secs(5),
-            "never served from the L1 (active: {}): {:?}",
+            "never served from the L1 in {namespace} (active: {}): {:?}",
             cache.l1_active(),
             cache.counters()
         );
@@ -182,28 +192,6 @@ async fn inner_b(id: u32) -> String {
         format!("b{id}")
     }
     inner(id).await
-}
-
-/// Calls `call` until one is an L1 hit counted in `namespace`; returns that call's value.
-async fn until_hit_in<T, F: std::future::Future<Output = T>>(
-    cache: &Cache,
-    namespace: &str,
-    mut call: impl FnMut() -> F,
-) -> T {
-    let hits = |c: &Cache| c.counters().get(namespace).map_or(0, |c| c.l1_hits);
-    let start = Instant::now();
-    loop {
-        let before = hits(cache);
-        let value = with_cache(cache.clone(), call()).await;
-        if hits(cache) > before {
-            return value;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "never an L1 hit in {namespace}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// L1 hits are found by the call's site and serialised arguments, not by its key text:
