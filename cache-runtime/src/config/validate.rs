@@ -10,7 +10,8 @@ use super::{
     RedisConfig, ResilienceConfig, TlsConfig, DEFAULT_COMPRESS_ABOVE, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEY_PREFIX, DEFAULT_L1_MAX_BYTES, DEFAULT_L1_MAX_ENTRIES, DEFAULT_L1_MAX_TTL,
     DEFAULT_LOCK_LEASE, DEFAULT_MAX_VALUE_BYTES, DEFAULT_MEMORY_MAX_BYTES,
-    DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_POOL_MAX_SIZE, DEFAULT_SOCKET_TIMEOUT, DEFAULT_TTL,
+    DEFAULT_MEMORY_MAX_ENTRIES, DEFAULT_POOL_MAX_SIZE, DEFAULT_READ_RANGE, DEFAULT_SOCKET_TIMEOUT,
+    DEFAULT_TTL, MIN_READ_RANGE,
 };
 use crate::error::{invalid, ConfigError};
 
@@ -173,6 +174,19 @@ impl CacheConfigBuilder {
                 DEFAULT_POOL_MAX_SIZE,
             ),
             batch_reads: self.batch_reads.unwrap_or(true),
+            read_range: match self.read_range.unwrap_or(DEFAULT_READ_RANGE) {
+                n @ (0 | MIN_READ_RANGE..) => n,
+                n => {
+                    errors.push(invalid(
+                        "REDIS_READ_RANGE",
+                        &n.to_string(),
+                        format!(
+                            "use 0 (read large values whole) or at least {MIN_READ_RANGE} bytes"
+                        ),
+                    ));
+                    DEFAULT_READ_RANGE
+                }
+            },
             socket_timeout: errors.positive(
                 "REDIS_SOCKET_TIMEOUT",
                 self.socket_timeout,

@@ -47,6 +47,8 @@ pub(super) struct Batcher {
     turn: Notify,
     /// The server refused an MGET (an ACL user allowed GET only): every read goes alone.
     refused: AtomicBool,
+    /// Some key is remembered as large (reads without batching look only then).
+    any_large: AtomicBool,
 }
 
 pub(super) struct Waiter {
@@ -72,9 +74,11 @@ struct State {
 pub(super) enum Entry<'a> {
     /// Alone, counted as in flight (the slot uncounts it however the read ends).
     Alone(Slot<'a>),
-    /// Alone and uncounted: a key known to hold a large value, batching refused, a full
-    /// batch, or a collector overdue.
+    /// Alone and uncounted: batching refused, a full batch, or a collector overdue.
     Direct,
+    /// A key known to hold a large value (or whose read timed out): alone, uncounted, and
+    /// in ranges (`ranged.rs`).
+    Large,
     /// As the collector of the next batch.
     Collect(Collector<'a>),
     /// In the next batch: the collector sends the answer.
@@ -143,6 +147,7 @@ impl Batcher {
             state: Mutex::new(State::default()),
             turn: Notify::new(),
             refused: AtomicBool::new(false),
+            any_large: AtomicBool::new(false),
         }
     }
 
@@ -153,11 +158,15 @@ impl Batcher {
     /// How the read of `key` goes out; `stall`: how long a collector may wait for its turn.
     pub(super) fn enter(&self, key: &str, stall: Duration) -> Entry<'_> {
         if self.refused.load(Ordering::Relaxed) {
-            return Entry::Direct;
+            return if self.is_large(key) {
+                Entry::Large
+            } else {
+                Entry::Direct
+            };
         }
         let mut state = self.lock();
         if state.large[0] != 0 && state.large.contains(&hash(key)) {
-            return Entry::Direct;
+            return Entry::Large;
         }
         let Some(since) = state.collecting else {
             if state.in_flight < MAX_ALONE {
@@ -207,9 +216,15 @@ impl Batcher {
         }
     }
 
+    /// Whether `key` is remembered as large (a lock only once some key is).
+    pub(super) fn is_large(&self, key: &str) -> bool {
+        self.any_large.load(Ordering::Relaxed) && self.lock().large.contains(&hash(key))
+    }
+
     /// Reads of `key` go alone from now on (its value is large, or its read timed out).
     pub(super) fn alone_from_now(&self, key: &str) {
         let h = hash(key);
+        self.any_large.store(true, Ordering::Relaxed);
         let mut state = self.lock();
         if !state.large.contains(&h) {
             let at = state.next_large;
@@ -289,6 +304,10 @@ mod tests {
 
     fn direct(b: &Batcher, key: &str, stall: Duration) -> bool {
         matches!(b.enter(key, stall), Entry::Direct)
+    }
+
+    fn large(b: &Batcher, key: &str) -> bool {
+        matches!(b.enter(key, STALL), Entry::Large)
     }
 
     #[tokio::test]
@@ -379,10 +398,26 @@ mod tests {
         b.saw("big", LARGE);
         b.alone_from_now("slow");
         let first = busy(&b);
-        assert!(direct(&b, "big", STALL));
-        assert!(direct(&b, "slow", STALL));
+        assert!(large(&b, "big"));
+        assert!(large(&b, "slow"));
         assert!(matches!(b.enter("small", STALL), Entry::Collect(_)));
         drop(first);
+        assert!(b.is_large("big") && b.is_large("slow") && !b.is_large("small"));
+        // Refused batching still reads large keys in ranges.
+        b.refuse();
+        assert!(large(&b, "big"));
+        assert!(direct(&b, "small", STALL));
+    }
+
+    #[test]
+    fn no_key_is_large_before_one_is_seen() {
+        let b = Batcher::new();
+        b.saw("small", LARGE - 1);
+        assert!(!b.is_large("small"));
+        assert!(
+            !b.any_large.load(Ordering::Relaxed),
+            "no lock taken for unbatched reads"
+        );
     }
 
     #[test]
@@ -392,9 +427,9 @@ mod tests {
             b.saw(&format!("big{i}"), LARGE);
         }
         let _first = busy(&b);
-        assert!(!direct(&b, "big0", STALL), "the oldest is forgotten");
+        assert!(!large(&b, "big0"), "the oldest is forgotten");
         for i in 1..=LARGE_KEYS {
-            assert!(direct(&b, &format!("big{i}"), STALL));
+            assert!(large(&b, &format!("big{i}")));
         }
     }
 

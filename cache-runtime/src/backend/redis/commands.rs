@@ -338,6 +338,7 @@ impl RedisBackend {
                 value
             }
             Entry::Direct => get_alone().await,
+            Entry::Large => self.get_large(key).await,
             Entry::Queued(mut queued) => {
                 // Taken by the collector within the stall bound, or read alone: a late
                 // collector (its caller no longer polls it) holds no read.
@@ -543,8 +544,17 @@ impl Store for RedisBackend {
             && tokio::runtime::Handle::try_current().is_ok();
         let value = if batched {
             self.get_batched(key).await?
+        } else if matches!(self.topology.get(), Some(Topology::Standalone))
+            && self.batch.is_large(key)
+        {
+            self.get_large(key).await?
         } else {
-            self.query(redis::cmd("GET").arg(key)).await?
+            let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+            if let Some(v) = &value {
+                // Large keys are read in ranges next time, batching or not.
+                self.batch.saw(key, v.len());
+            }
+            value
         };
         Ok(value.map(Bytes::Owned))
     }

@@ -2,6 +2,8 @@
 //!
 //! - `client.rs`: the driver's client from the configuration (credentials, TLS, TCP);
 //! - `pool.rs`: the connections ("lanes") to a standalone server and which one a request takes;
+//! - `batch.rs`: concurrent GETs as one MGET; which keys hold large values;
+//! - `ranged.rs`: large values read in ranges, so Redis never stalls others copying one;
 //! - `cluster.rs`: a Redis Cluster (the driver's cluster connection, per-node connections);
 //! - `topology.rs`: standalone or cluster, decided once (`REDIS_CLUSTER`, or asked at connect);
 //! - `guard.rs`: the timer and circuit breaker every request runs under (`breaker.rs`);
@@ -24,6 +26,7 @@ mod guard;
 mod lock;
 mod pool;
 mod pubsub;
+mod ranged;
 mod topology;
 mod tracking;
 
@@ -53,6 +56,8 @@ pub(crate) struct RedisBackend {
     guard: Guard,
     /// GETs queued while a read is in flight, sent as one MGET (standalone only).
     batch: batch::Batcher,
+    /// Reads of keys known to hold large values, in ranges (standalone only).
+    ranged: ranged::Ranged,
     /// Invalidation announcements, made by every writer (a peer's L1 may be on the
     /// pub/sub fallback), and the fallback listener.
     pubsub: PubSub,
@@ -117,6 +122,7 @@ impl RedisBackend {
             discovering: tokio::sync::Mutex::new(()),
             guard: Guard::new(config.socket_timeout),
             batch: batch::Batcher::new(),
+            ranged: ranged::Ranged::new(),
             classifier,
             config: config.clone(),
             pubsub,

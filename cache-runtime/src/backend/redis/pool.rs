@@ -146,6 +146,11 @@ impl Pool {
         }
     }
 
+    /// The driver's client of the lanes (credentials, TLS), for connections of their own.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub(super) fn stats(&self) -> PoolStats {
         let lanes = self.lanes.load();
         let busy = lanes

@@ -117,6 +117,19 @@ pub async fn unbatched_cache(url: &str) -> Result<Cache, String> {
     .await
 }
 
+/// A cache like the global one (uncompressed) with large values read whole
+/// (`REDIS_READ_RANGE=0`), for the row that measures what ranged reads give.
+pub async fn whole_reads_cache(url: &str) -> Result<Cache, String> {
+    configured_cache(
+        CacheConfig::builder()
+            .url(url)
+            .compress_above(0)
+            .read_range(0),
+        "standalone",
+    )
+    .await
+}
+
 async fn configured_cache(builder: CacheConfigBuilder, mode: &str) -> Result<Cache, String> {
     let config = builder
         .build()
