@@ -182,7 +182,7 @@ pub struct RedisConfig {
     pub pool_max_size: NonZeroUsize,
     /// Concurrent GETs go out as one MGET (standalone servers; `REDIS_BATCH_READS`).
     pub batch_reads: bool,
-    /// Values seen to be large are read in ranges of this many bytes, one range in flight
+    /// Values seen to be large are read in ranges of this many bytes, one value at a time
     /// per process (standalone servers; `0`: whole; `REDIS_READ_RANGE`).
     pub read_range: usize,
     /// Per-command timeout.

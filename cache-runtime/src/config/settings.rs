@@ -166,7 +166,7 @@ settings! {
     pool_max_size: usize = "REDIS_CONNECTION_POOL_MAX_SIZE", value, parse::size::<1, 10_000>, shown, Value("50");
     /// Concurrent GETs on a standalone server: past 4 in flight, the next ones go out together as one MGET (fewer round trips and server commands under load; a few concurrent reads are sent at once).
     batch_reads: bool = "REDIS_BATCH_READS", value, parse::boolean, shown, Value("true");
-    /// Values seen to be 256 KiB or more are read in ranges of this many bytes on a connection of their own, one range in flight per process, so a single-threaded Redis never stalls other clients' requests while it copies one large reply; large values then stream one at a time (standalone servers; `0`: read them whole and at once).
+    /// Values seen to be 256 KiB or more are read in ranges of this many bytes on a connection of their own, one large value at a time per process and one range in flight while other requests are, so a single-threaded Redis never stalls other clients' requests while it copies one large reply (standalone servers; `0`: read them whole and at once).
     read_range: usize = "REDIS_READ_RANGE", value, parse::size::<0, 536_870_912>, shown, Value("262144");
     /// Seconds a command may take (fractions allowed).
     socket_timeout: Duration = "REDIS_SOCKET_TIMEOUT", value, parse::seconds, shown, Value("5");

@@ -5,9 +5,11 @@
 //! machine), so every small request of every client waits behind each large GET, and a
 //! few tasks fetching large values keep it that way. Keys seen to hold large values
 //! (`batch.rs` remembers them) are therefore read as GETRANGEs of `REDIS_READ_RANGE` bytes,
-//! one range in flight per process ([`STREAMS`] reads at a time), on a connection of its
-//! own: Redis serves other clients between two ranges. Large values then stream one at a
-//! time, which is the price: `REDIS_READ_RANGE=0` reads them whole and at once.
+//! one read at a time per process ([`STREAMS`]) on a connection of its own, with one range
+//! in flight while other requests of this process are (two, [`DEPTH`], while none is):
+//! Redis serves other clients between two ranges. A lone large read is then as fast as a
+//! GET; concurrent ones take turns, which is the price (`REDIS_READ_RANGE=0` reads them
+//! whole and at once).
 //!
 //! A value read in pieces must still be one value: the first round trip WATCHes the key,
 //! and the last carries an empty MULTI/EXEC, which Redis aborts if anything wrote, deleted
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::PoisonError;
 use std::time::Instant;
 
+use futures_util::stream::{FuturesOrdered, StreamExt as _};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
@@ -32,6 +35,12 @@ use crate::error::{AuthCause, CacheError};
 /// 7-11x their p99 alone and 39-43 fetches, 2 gave 16-17x and 67-73 fetches, whole
 /// reads 114-132x and 500-675 fetches (release, 2 cores; BENCHMARKS.md, row j).
 const STREAMS: usize = 1;
+/// Ranges in flight per read while no other request of this process is: the next is asked
+/// before the last arrives, so a lone large read is as fast as a GET (0.77-0.84x of one,
+/// for 10 MB), but Redis may copy two ranges back to back. While other requests are in
+/// flight, one range at a time: with 4 tasks fetching 10 MB values, small hits' p99 was
+/// 11-20x their p99 alone with two, 6.5-12x with one (release, 2 cores).
+const DEPTH: usize = 2;
 /// A read waiting for a stream reads whole after this many of the pool's stall bounds
 /// without a range read (the stall bound is a few round trips; a range is one).
 const STALLS: u32 = 4;
@@ -190,29 +199,54 @@ impl RedisBackend {
         let mut value = Vec::with_capacity(len);
         value.extend_from_slice(&piece);
         drop(piece);
-        while value.len() < len {
-            let start = value.len();
-            let end = (start + range).min(len);
-            let mut next = redis::pipe();
-            next.cmd("GETRANGE").arg(key).arg(start).arg(end - 1);
-            if end == len {
-                next.cmd("MULTI").ignore().cmd("EXEC");
-                let (piece, exec): (Vec<u8>, redis::Value) =
-                    self.on_ranged(&mut conn, &next).await?;
-                // A nil EXEC: the WATCHed key was written, deleted or expired meanwhile.
-                if piece.len() != end - start || matches!(exec, redis::Value::Nil) {
-                    return Ok(Outcome::Changed);
-                }
-                value.extend_from_slice(&piece);
-            } else {
-                let (piece,): (Vec<u8>,) = self.on_ranged(&mut conn, &next).await?;
-                if piece.len() != end - start {
-                    return Ok(Outcome::Changed);
-                }
-                value.extend_from_slice(&piece);
+        // Ranges in flight (see [`DEPTH`]), answered in order on the one connection, so the
+        // last one's EXEC runs after every range it vouches for.
+        let mut next = value.len();
+        let mut request = |pending: &mut FuturesOrdered<_>| {
+            let depth = if self.pool.busy() { 1 } else { DEPTH };
+            while next < len && pending.len() < depth {
+                let end = (next + range).min(len);
+                pending.push_back(self.range_at(conn.clone(), key, next, end, end == len));
+                next = end;
             }
+        };
+        let mut pending = FuturesOrdered::new();
+        request(&mut pending);
+        while let Some(piece) = pending.next().await {
+            let Some(piece) = piece? else {
+                return Ok(Outcome::Changed);
+            };
+            value.extend_from_slice(&piece);
+            request(&mut pending);
         }
         Ok(Outcome::Value(Some(value)))
+    }
+
+    /// The range `start..end` of `key`; with `last`, the empty transaction that checks the
+    /// WATCH. `None`: the key changed (a short range, or an aborted EXEC).
+    async fn range_at(
+        &self,
+        mut conn: MultiplexedConnection,
+        key: &str,
+        start: usize,
+        end: usize,
+        last: bool,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GETRANGE").arg(key).arg(start).arg(end - 1);
+        let piece = if last {
+            pipe.cmd("MULTI").ignore().cmd("EXEC");
+            let (piece, exec): (Vec<u8>, redis::Value) = self.on_ranged(&mut conn, &pipe).await?;
+            // A nil EXEC: the WATCHed key was written, deleted or expired meanwhile.
+            if matches!(exec, redis::Value::Nil) {
+                return Ok(None);
+            }
+            piece
+        } else {
+            let (piece,): (Vec<u8>,) = self.on_ranged(&mut conn, &pipe).await?;
+            piece
+        };
+        Ok((piece.len() == end - start).then_some(piece))
     }
 
     /// One round trip of a ranged read, under the guard (socket timeout, breaker).
