@@ -338,7 +338,8 @@ impl RedisBackend {
                 value
             }
             Entry::Direct => get_alone().await,
-            Entry::Large => self.get_large(key).await,
+            // Boxed: the ranged read's state would make every read's future larger.
+            Entry::Large => Box::pin(self.get_large(key)).await,
             Entry::Queued(mut queued) => {
                 // Taken by the collector within the stall bound, or read alone: a late
                 // collector (its caller no longer polls it) holds no read.
@@ -547,7 +548,7 @@ impl Store for RedisBackend {
         } else if matches!(self.topology.get(), Some(Topology::Standalone))
             && self.batch.is_large(key)
         {
-            self.get_large(key).await?
+            Box::pin(self.get_large(key)).await?
         } else {
             let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
             if let Some(v) = &value {
