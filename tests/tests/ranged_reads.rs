@@ -106,6 +106,79 @@ async fn large_values_are_read_in_ranges_over_tls() {
     large_values_read_in_ranges_are_whole(&server, true).await;
 }
 
+/// With an L1, reads of Redis carry the key's TTL (GET + PTTL): large values are read in
+/// ranges there too, with their TTL. (The L1 here is too small to keep them, so every
+/// read reaches Redis.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_read_in_ranges_with_an_l1() {
+    let server = RedisServer::plain();
+    let config = CacheConfig::builder()
+        .url(server.url())
+        .read_range(RANGE)
+        .compress_above(0)
+        .l1(true)
+        .l1_max_bytes(64 * 1024)
+        .build()
+        .expect("config");
+    let cache = Cache::new(config).expect("cache");
+    let ns = cache.namespace("ranged").expect("namespace");
+    ns.set("big", &value('l'), Some(Duration::from_secs(600)))
+        .await
+        .expect("set");
+    for round in 0..3 {
+        let got = ns.get::<String>("big").await.expect("get");
+        assert_eq!(got.as_deref(), Some(value('l').as_str()), "round {round}");
+    }
+    let (ranges, _) = calls(&server, "getrange");
+    assert!(
+        ranges >= 2 * (LEN / RANGE) as u64,
+        "the L1's reads went in ranges ({ranges} GETRANGEs)"
+    );
+    assert!(calls(&server, "pttl").0 >= 3, "each read asked the TTL");
+}
+
+/// The ranged reads' kept connection dies with a server restart: the next large read
+/// still answers (read whole through the pool, which reconnects), then reads in ranges on
+/// a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_between_ranged_reads_costs_no_error() {
+    let mut server = RedisServer::plain();
+    let cache = cache_on(&server, RANGE, true);
+    let ns = cache.namespace("ranged").expect("namespace");
+    ns.set("big", &value('r'), None).await.expect("set");
+    for _ in 0..2 {
+        // The first marks the key, the second reads in ranges and keeps its connection.
+        ns.get::<String>("big").await.expect("read");
+    }
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restart");
+    // Until the pool has reconnected (its first requests may fail).
+    let mut stored = false;
+    for _ in 0..50 {
+        if ns.set("big", &value('s'), None).await.is_ok() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the pool reconnected after the restart");
+    for round in 0..3 {
+        let got = ns
+            .get::<String>("big")
+            .await
+            .expect("no error after the restart");
+        assert_eq!(got.as_deref(), Some(value('s').as_str()), "round {round}");
+    }
+    assert!(
+        calls(&server, "getrange").0 > 0,
+        "reads went in ranges again"
+    );
+}
+
 /// Another process keeps replacing the value (and deleting it) while readers read it in
 /// ranges: every read is one whole value or a miss, never two mixed. (The writer is a raw
 /// connection: this process's own writes would fence its reads, which then miss.)

@@ -317,7 +317,7 @@ impl RedisBackend {
         self.send(Request::Cmd(cmd)).await
     }
 
-    async fn query_pipe<T: redis::FromRedisValue>(
+    pub(super) async fn query_pipe<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, CacheError> {
@@ -339,7 +339,9 @@ impl RedisBackend {
             }
             Entry::Direct => get_alone().await,
             // Boxed: the ranged read's state would make every read's future larger.
-            Entry::Large => Box::pin(self.get_large(key)).await,
+            Entry::Large => Box::pin(self.get_large(key))
+                .await
+                .map(|v| v.map(|(v, _)| v)),
             Entry::Queued(mut queued) => {
                 // Taken by the collector within the stall bound, or read alone: a late
                 // collector (its caller no longer polls it) holds no read.
@@ -548,7 +550,7 @@ impl Store for RedisBackend {
         } else if matches!(self.topology.get(), Some(Topology::Standalone))
             && self.batch.is_large(key)
         {
-            Box::pin(self.get_large(key)).await?
+            Box::pin(self.get_large(key)).await?.map(|(v, _)| v)
         } else {
             let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
             if let Some(v) = &value {
@@ -561,10 +563,20 @@ impl Store for RedisBackend {
     }
 
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>, CacheError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        let (value, pttl): (Option<Vec<u8>>, i64) = self.query_pipe(&pipe).await?;
-        Ok(value.map(|v| (Bytes::Owned(v), KeyTtl::from_pttl(pttl))))
+        let standalone = matches!(self.topology.get(), Some(Topology::Standalone));
+        let read = if standalone && self.batch.is_large(key) {
+            Box::pin(self.get_large(key)).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+            let (value, pttl): (Option<Vec<u8>>, i64) = self.query_pipe(&pipe).await?;
+            if let Some(v) = &value {
+                // Large keys are read in ranges next time (the L1's reads come here).
+                self.batch.saw(key, v.len());
+            }
+            value.map(|v| (v, pttl))
+        };
+        Ok(read.map(|(v, pttl)| (Bytes::Owned(v), KeyTtl::from_pttl(pttl))))
     }
 
     async fn set(&self, write: Write<'_>) -> Result<(), CacheError> {

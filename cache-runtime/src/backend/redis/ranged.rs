@@ -58,9 +58,12 @@ pub(super) struct Ranged {
     refused: AtomicBool,
 }
 
+/// A value and its PTTL (`-1`: no expiry), read together.
+pub(super) type WithTtl = (Vec<u8>, i64);
+
 /// How a ranged read ended.
 enum Outcome {
-    Value(Option<Vec<u8>>),
+    Value(Option<WithTtl>),
     /// A write landed between the ranges (or the key changed length): read it whole.
     Changed,
 }
@@ -77,10 +80,10 @@ impl Ranged {
 }
 
 impl RedisBackend {
-    /// Reads `key`, whose value was large, in ranges; whole when ranges are off or refused,
-    /// when another large read keeps the connection past the socket timeout, or when a
-    /// write raced the ranges.
-    pub(super) async fn get_large(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+    /// Reads `key`, whose value was large, and its PTTL (the L1 keeps an entry no longer
+    /// than the key lives), in ranges; whole when ranges are off or refused, when other
+    /// large reads keep the stream without moving, or when a write raced the ranges.
+    pub(super) async fn get_large(&self, key: &str) -> Result<Option<WithTtl>, CacheError> {
         let range = self.config.read_range;
         if range == 0 || self.ranged.refused.load(Ordering::Relaxed) {
             return self.get_whole(key).await;
@@ -94,6 +97,7 @@ impl RedisBackend {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
+        let reused = idle.is_some();
         let mut held = idle;
         let read = self.read_ranges(&mut held, key, range).await;
         match read {
@@ -117,7 +121,10 @@ impl RedisBackend {
                 // Its state is unknown (a WATCH, a late reply): dropped, and the next read
                 // opens another. (A read dropped by its caller drops its connection too.)
                 drop(held);
-                if e.is_connection_fault() {
+                // A fault of a fresh connection is the server's; one of a kept connection
+                // may be only that connection's (its runtime ended, the server restarted):
+                // the whole read through the pool, which reconnects, answers then.
+                if e.is_connection_fault() && !reused {
                     return Err(e);
                 }
                 if refusal(&e) && !self.ranged.refused.swap(true, Ordering::Relaxed) {
@@ -153,8 +160,11 @@ impl RedisBackend {
         }
     }
 
-    async fn get_whole(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        self.query(redis::cmd("GET").arg(key)).await
+    async fn get_whole(&self, key: &str) -> Result<Option<WithTtl>, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let (value, pttl): (Option<Vec<u8>>, i64) = self.query_pipe(&pipe).await?;
+        Ok(value.map(|v| (v, pttl)))
     }
 
     /// The ranged read proper, on the held connection (opened if there is none).
@@ -183,18 +193,21 @@ impl RedisBackend {
             .ignore()
             .cmd("STRLEN")
             .arg(key)
+            // Valid with the value: the WATCH also sees a change of the expiry.
+            .cmd("PTTL")
+            .arg(key)
             .cmd("GETRANGE")
             .arg(key)
             .arg(0)
             .arg(range - 1);
-        let (len, piece): (usize, Vec<u8>) = self.on_ranged(&mut conn, &first).await?;
+        let (len, pttl, piece): (usize, i64, Vec<u8>) = self.on_ranged(&mut conn, &first).await?;
         if len == 0 {
             // No such key (no build of this crate writes an empty value).
             return Ok(Outcome::Value(None));
         }
         if piece.len() >= len {
             // One range held it all: one command, nothing to check.
-            return Ok(Outcome::Value(Some(piece)));
+            return Ok(Outcome::Value(Some((piece, pttl))));
         }
         let mut value = Vec::with_capacity(len);
         value.extend_from_slice(&piece);
@@ -219,7 +232,7 @@ impl RedisBackend {
             value.extend_from_slice(&piece);
             request(&mut pending);
         }
-        Ok(Outcome::Value(Some(value)))
+        Ok(Outcome::Value(Some((value, pttl))))
     }
 
     /// The range `start..end` of `key`; with `last`, the empty transaction that checks the
