@@ -65,8 +65,10 @@ struct State {
     collecting: Option<Instant>,
     queue: Vec<Waiter>,
     next_id: u64,
-    /// Hashes of keys whose value was large (0: an empty place).
+    /// Hashes of keys whose value was large or whose read timed out (0: an empty place).
     large: [u64; LARGE_KEYS],
+    /// Whether that key's value was seen large (not only slow): read in ranges.
+    sized: [bool; LARGE_KEYS],
     next_large: usize,
 }
 
@@ -76,8 +78,9 @@ pub(super) enum Entry<'a> {
     Alone(Slot<'a>),
     /// Alone and uncounted: batching refused, a full batch, or a collector overdue.
     Direct,
-    /// A key known to hold a large value (or whose read timed out): alone, uncounted, and
-    /// in ranges (`ranged.rs`).
+    /// A key seen with a large value: alone, uncounted, and in ranges (`ranged.rs`). (A
+    /// key only seen to time out goes [`Entry::Direct`]: ranged reads take turns, which
+    /// would hold up a hot small key's reads.)
     Large,
     /// As the collector of the next batch.
     Collect(Collector<'a>),
@@ -165,8 +168,12 @@ impl Batcher {
             };
         }
         let mut state = self.lock();
-        if state.large[0] != 0 && state.large.contains(&hash(key)) {
-            return Entry::Large;
+        if state.large[0] != 0 {
+            match state.kind(hash(key)) {
+                Some(true) => return Entry::Large,
+                Some(false) => return Entry::Direct,
+                None => {}
+            }
         }
         let Some(since) = state.collecting else {
             if state.in_flight < MAX_ALONE {
@@ -209,28 +216,50 @@ impl Batcher {
         }
     }
 
-    /// Notes that `key` held a value of `len` bytes (large ones are read alone next time).
+    /// Notes that `key` held a value of `len` bytes (large ones are read alone, in ranges,
+    /// next time).
     pub(super) fn saw(&self, key: &str, len: usize) {
         if len >= LARGE {
-            self.alone_from_now(key);
+            self.remember(key, true);
         }
     }
 
-    /// Whether `key` is remembered as large (a lock only once some key is).
+    /// Whether `key` was seen with a large value (a lock only once some key was).
     pub(super) fn is_large(&self, key: &str) -> bool {
-        self.any_large.load(Ordering::Relaxed) && self.lock().large.contains(&hash(key))
+        self.any_large.load(Ordering::Relaxed) && self.lock().kind(hash(key)) == Some(true)
     }
 
-    /// Reads of `key` go alone from now on (its value is large, or its read timed out).
+    /// Reads of `key` go alone from now on (its read timed out: perhaps a large value).
     pub(super) fn alone_from_now(&self, key: &str) {
+        self.remember(key, false);
+    }
+
+    fn remember(&self, key: &str, sized: bool) {
         let h = hash(key);
-        self.any_large.store(true, Ordering::Relaxed);
-        let mut state = self.lock();
-        if !state.large.contains(&h) {
-            let at = state.next_large;
-            state.large[at] = h;
-            state.next_large = (at + 1) % LARGE_KEYS;
+        if sized {
+            self.any_large.store(true, Ordering::Relaxed);
         }
+        let mut state = self.lock();
+        match state.large.iter().position(|&k| k == h) {
+            Some(at) => state.sized[at] |= sized,
+            None => {
+                let at = state.next_large;
+                state.large[at] = h;
+                state.sized[at] = sized;
+                state.next_large = (at + 1) % LARGE_KEYS;
+            }
+        }
+    }
+}
+
+impl State {
+    /// Whether the key of hash `h` is remembered, and if so whether as large (`true`) or
+    /// only slow.
+    fn kind(&self, h: u64) -> Option<bool> {
+        self.large
+            .iter()
+            .position(|&k| k == h)
+            .map(|at| self.sized[at])
     }
 }
 
@@ -399,10 +428,14 @@ mod tests {
         b.alone_from_now("slow");
         let first = busy(&b);
         assert!(large(&b, "big"));
-        assert!(large(&b, "slow"));
+        // Alone, but not in ranges: only its size sends a key there.
+        assert!(direct(&b, "slow", STALL));
         assert!(matches!(b.enter("small", STALL), Entry::Collect(_)));
         drop(first);
-        assert!(b.is_large("big") && b.is_large("slow") && !b.is_large("small"));
+        assert!(b.is_large("big") && !b.is_large("slow") && !b.is_large("small"));
+        // A slow key later seen large is read in ranges.
+        b.saw("slow", LARGE);
+        assert!(large(&b, "slow"));
         // Refused batching still reads large keys in ranges.
         b.refuse();
         assert!(large(&b, "big"));
@@ -413,7 +446,8 @@ mod tests {
     fn no_key_is_large_before_one_is_seen() {
         let b = Batcher::new();
         b.saw("small", LARGE - 1);
-        assert!(!b.is_large("small"));
+        b.alone_from_now("slow");
+        assert!(!b.is_large("small") && !b.is_large("slow"));
         assert!(
             !b.any_large.load(Ordering::Relaxed),
             "no lock taken for unbatched reads"
