@@ -183,7 +183,7 @@ impl RedisBackend {
                 conn
             }
         };
-        // UNWATCH: a read dropped half-way by its caller may have left a WATCH behind.
+        // UNWATCH: a read that stopped at a short range kept its connection and its WATCH.
         let mut first = redis::pipe();
         first
             .cmd("UNWATCH")
