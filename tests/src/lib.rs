@@ -572,6 +572,30 @@ pub async fn raw_async_client(server: &RedisServer) -> redis::aio::MultiplexedCo
         })
 }
 
+/// How many calls of `command` (lower case, e.g. `mget`) the server ran and rejected,
+/// from `INFO commandstats` (`(0, 0)` when it never ran).
+pub fn command_calls(server: &RedisServer, command: &str) -> (u64, u64) {
+    let mut conn = server
+        .admin_client()
+        .get_connection()
+        .expect("admin connection");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut conn)
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
+        return (0, 0);
+    };
+    let field = |name: &str| {
+        line.split([':', ','])
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("calls="), field("rejected_calls="))
+}
+
 /// Every key of database 0 (SCAN) mapped to its value for strings (GET), or to
 /// the `TYPE` name as bytes (e.g. `b"hash"`) for other types. Keys expiring
 /// during the dump are left out. Use it to assert "nothing else was touched".

@@ -14,24 +14,7 @@ const ROUNDS: usize = 25;
 
 /// How many MGETs the server ran and refused (`INFO commandstats`).
 fn mget_stats(server: &RedisServer) -> (u64, u64) {
-    let mut conn = server
-        .admin_client()
-        .get_connection()
-        .expect("admin connection");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .expect("INFO commandstats");
-    let Some(line) = info.lines().find(|l| l.starts_with("cmdstat_mget:")) else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("calls="), field("rejected_calls="))
+    cache_tests::command_calls(server, "mget")
 }
 
 fn cache_on(server: &RedisServer, batch: bool) -> Arc<Cache> {

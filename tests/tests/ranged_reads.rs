@@ -9,35 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cache_runtime::{Cache, CacheConfig};
-use cache_tests::{RedisServer, TlsOptions};
+use cache_tests::{command_calls as calls, RedisServer, TlsOptions};
 
 /// Small ranges, so a value of a few hundred KiB takes dozens of round trips.
 const RANGE: usize = 4096;
 /// Above the size from which keys are remembered as large (256 KiB).
 const LEN: usize = 300 * 1024;
-
-/// How many calls of `command` the server ran and rejected (`INFO commandstats`).
-fn calls(server: &RedisServer, command: &str) -> (u64, u64) {
-    let mut conn = server
-        .admin_client()
-        .get_connection()
-        .expect("admin connection");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut conn)
-        .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:");
-    let Some(line) = info.lines().find(|l| l.starts_with(&prefix)) else {
-        return (0, 0);
-    };
-    let field = |name: &str| {
-        line.split([':', ','])
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("calls="), field("rejected_calls="))
-}
 
 fn cache_on(server: &RedisServer, range: usize, batch: bool) -> Arc<Cache> {
     let b = CacheConfig::builder()
@@ -82,8 +59,8 @@ async fn large_values_read_in_ranges_are_whole(server: &RedisServer, batch: bool
         ranges >= 4 * (LEN / RANGE) as u64,
         "the reads after the first went in ranges ({ranges} GETRANGEs)"
     );
-    let (small_ranges, _) = calls(server, "strlen");
-    assert_eq!(small_ranges, 4, "only the large key is read in ranges");
+    let (ranged_reads, _) = calls(server, "strlen");
+    assert_eq!(ranged_reads, 4, "only the large key is read in ranges");
     // A key that disappears is a miss, read in ranges as well.
     ns.delete("big").await.expect("delete");
     assert_eq!(ns.get::<String>("big").await.expect("get gone"), None);

@@ -12,6 +12,7 @@ use tracing::Instrument as _;
 
 use super::batch::{Entry, Waiter};
 use super::cluster::{Cluster, NodeLine};
+use super::errors::refuses_command;
 use super::pool::InFlight;
 use super::pubsub::hash_tag;
 use super::topology::Topology;
@@ -438,14 +439,7 @@ impl RedisBackend {
             Err(e) => {
                 // Only a refusal of the command: a NOPERM on one key (an ACL by key
                 // pattern) leaves batching on for the others.
-                let refused = match &e {
-                    CacheError::Auth {
-                        cause: crate::error::AuthCause::Permission,
-                        detail,
-                    } => detail.to_ascii_lowercase().contains("'mget'"),
-                    CacheError::Server { detail, .. } => detail.contains("unknown command"),
-                    _ => false,
-                };
+                let refused = refuses_command(&e, &["mget"]);
                 tracing::debug!(target: "cache_runtime::connection", error = %e, refused, "MGET failed");
                 if refused {
                     self.batch.refuse();
@@ -567,14 +561,12 @@ impl Store for RedisBackend {
         let read = if standalone && self.batch.is_large(key) {
             Box::pin(self.get_large(key)).await?
         } else {
-            let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-            let (value, pttl): (Option<Vec<u8>>, i64) = self.query_pipe(&pipe).await?;
-            if let Some(v) = &value {
+            let read = self.get_whole(key).await?;
+            if let Some((v, _)) = &read {
                 // Large keys are read in ranges next time (the L1's reads come here).
                 self.batch.saw(key, v.len());
             }
-            value.map(|v| (v, pttl))
+            read
         };
         Ok(read.map(|(v, pttl)| (Bytes::Owned(v), KeyTtl::from_pttl(pttl))))
     }

@@ -264,6 +264,23 @@ fn tls_failure(e: &RedisError, host: &str) -> Option<String> {
     }
 }
 
+/// Whether the server refused one of `commands` itself (an ACL without it, a renamed or
+/// unknown command), as opposed to a key of it (an ACL by key pattern): callers then stop
+/// using those commands for the process.
+pub(super) fn refuses_command(e: &CacheError, commands: &[&str]) -> bool {
+    match e {
+        CacheError::Auth {
+            cause: AuthCause::Permission,
+            detail,
+        } => {
+            let detail = detail.to_ascii_lowercase();
+            commands.iter().any(|c| detail.contains(&format!("'{c}'")))
+        }
+        CacheError::Server { detail, .. } => detail.contains("unknown command"),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

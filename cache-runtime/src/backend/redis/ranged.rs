@@ -27,8 +27,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt as _};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
+use super::errors::refuses_command;
 use super::RedisBackend;
-use crate::error::{AuthCause, CacheError};
+use crate::error::CacheError;
 
 /// Ranged reads at once, each on its own connection. More stream large values faster and
 /// stall others more: with 4 tasks fetching 10 MB values, 1 gave small hits a p99 of
@@ -44,6 +45,11 @@ const DEPTH: usize = 2;
 /// A read waiting for a stream reads whole after this many of the pool's stall bounds
 /// without a range read (the stall bound is a few round trips; a range is one).
 const STALLS: u32 = 4;
+
+/// The commands of a ranged read (an ACL refusing one turns ranged reads off).
+const RANGED_COMMANDS: [&str; 7] = [
+    "unwatch", "watch", "strlen", "pttl", "getrange", "multi", "exec",
+];
 
 /// The ranged reader's state: its idle connections, each held by one read at a time.
 pub(super) struct Ranged {
@@ -127,7 +133,9 @@ impl RedisBackend {
                 if e.is_connection_fault() && !reused {
                     return Err(e);
                 }
-                if refusal(&e) && !self.ranged.refused.swap(true, Ordering::Relaxed) {
+                if refuses_command(&e, &RANGED_COMMANDS)
+                    && !self.ranged.refused.swap(true, Ordering::Relaxed)
+                {
                     tracing::debug!(target: "cache_runtime::connection", error = %e, "the server refused a ranged read: large values are read whole");
                 }
                 // A server error (a refused command, a key-level NOPERM, WRONGTYPE): the
@@ -160,7 +168,8 @@ impl RedisBackend {
         }
     }
 
-    async fn get_whole(&self, key: &str) -> Result<Option<WithTtl>, CacheError> {
+    /// A value and its PTTL in one round trip (GET + PTTL) through the pool.
+    pub(super) async fn get_whole(&self, key: &str) -> Result<Option<WithTtl>, CacheError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (value, pttl): (Option<Vec<u8>>, i64) = self.query_pipe(&pipe).await?;
@@ -296,29 +305,5 @@ impl RedisBackend {
             Ok(Err(e)) => Err(self.classifier.classify(&e)),
             Err(_) => Err(self.classifier.connect_timed_out(timeout).await),
         }
-    }
-}
-
-/// Whether the server refused one of the ranged read's commands themselves (not a key).
-fn refusal(e: &CacheError) -> bool {
-    match e {
-        CacheError::Auth {
-            cause: AuthCause::Permission,
-            detail,
-        } => {
-            let detail = detail.to_ascii_lowercase();
-            [
-                "'watch'",
-                "'unwatch'",
-                "'strlen'",
-                "'getrange'",
-                "'multi'",
-                "'exec'",
-            ]
-            .iter()
-            .any(|c| detail.contains(c))
-        }
-        CacheError::Server { detail, .. } => detail.contains("unknown command"),
-        _ => false,
     }
 }
