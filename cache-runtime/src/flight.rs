@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -36,14 +36,21 @@ pub(crate) enum FlightState {
 }
 
 /// What a leader shares with its followers. Lighter than a `watch` channel, which
-/// allocates several notifiers per flight: most flights (every read) have no follower.
+/// allocates several notifiers per flight. Created by the first follower (or a publish):
+/// most flights (nearly every read) have none, and cost no allocation for it.
 pub(crate) struct Shared {
     state: Mutex<FlightState>,
     done: Notify,
-    followers: AtomicUsize,
 }
 
 impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(FlightState::Running),
+            done: Notify::new(),
+        })
+    }
+
     fn set(&self, state: FlightState) {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
         self.done.notify_waiters();
@@ -60,11 +67,11 @@ impl Shared {
 struct Slot {
     key: Box<str>,
     id: u64,
-    shared: Arc<Shared>,
+    shared: Option<Arc<Shared>>,
 }
 
 pub(crate) struct Flights {
-    shards: [Mutex<Map>; SHARDS],
+    shards: [Mutex<Shard>; SHARDS],
     next_id: AtomicU64,
     hasher: KeyedHash,
 }
@@ -72,6 +79,37 @@ pub(crate) struct Flights {
 /// Keyed by a fast keyed hash of the key (computed once per call); the slot keeps the key
 /// so that a collision is recognised (and simply not coalesced).
 type Map = HashMap<u64, Slot, BuildHasherDefault<PassThrough>>;
+
+#[derive(Default)]
+struct Shard {
+    map: Map,
+    /// The shared state of flights ended early ([`Flights::forget`]) that someone joined,
+    /// by flight id: their leader still publishes to those followers.
+    detached: HashMap<u64, Arc<Shared>, BuildHasherDefault<PassThrough>>,
+}
+
+impl Shard {
+    /// The shared state of flight `id` (registered at `hash`), if it has one; `create`
+    /// makes one when it has none and is still registered.
+    fn shared_of(&mut self, hash: u64, id: u64, create: bool) -> Option<Arc<Shared>> {
+        match self.map.get_mut(&hash) {
+            Some(slot) if slot.id == id => {
+                if create && slot.shared.is_none() {
+                    slot.shared = Some(Shared::new());
+                }
+                slot.shared.clone()
+            }
+            _ => self.detached.get(&id).cloned(),
+        }
+    }
+
+    /// Ends a flight for callers arriving from now on, keeping what its followers wait on.
+    fn detach(&mut self, slot: Slot) {
+        if let Some(shared) = slot.shared {
+            self.detached.insert(slot.id, shared);
+        }
+    }
+}
 
 impl Default for Flights {
     fn default() -> Self {
@@ -93,7 +131,6 @@ pub(crate) struct Leader<'a> {
     hash: u64,
     /// 0: not registered (a hash collision with another key in flight).
     id: u64,
-    shared: Arc<Shared>,
     /// Cleared when the flight moved to another `Leader` (see [`Leader::into_owned`]).
     armed: bool,
 }
@@ -115,7 +152,7 @@ impl std::ops::Deref for FlightsRef<'_> {
 }
 
 impl Flights {
-    fn lock(&self, hash: u64) -> std::sync::MutexGuard<'_, Map> {
+    fn lock(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
         self.shards[(hash % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -123,29 +160,24 @@ impl Flights {
 
     pub(crate) fn join(&self, key: &str) -> Role<'_> {
         let hash = self.hasher.hash(key.as_bytes());
-        let mut map = self.lock(hash);
-        let shared = Arc::new(Shared {
-            state: Mutex::new(FlightState::Running),
-            done: Notify::new(),
-            followers: AtomicUsize::new(0),
-        });
-        let id = match map.get(&hash) {
+        let mut shard = self.lock(hash);
+        let id = match shard.map.get_mut(&hash) {
             Some(slot) if &*slot.key == key => {
-                // Counted under the shard lock, so the leader cannot miss a follower that
-                // joined before it removed the slot.
-                slot.shared.followers.fetch_add(1, Ordering::AcqRel);
-                return Role::Follower(Arc::clone(&slot.shared));
+                // Under the shard lock, so the leader cannot miss a follower that joined
+                // before it removed the slot.
+                let shared = slot.shared.get_or_insert_with(Shared::new);
+                return Role::Follower(Arc::clone(shared));
             }
             // Another key with the same hash is in flight: lead alone, unregistered.
             Some(_) => 0,
             None => {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                map.insert(
+                shard.map.insert(
                     hash,
                     Slot {
                         key: Box::from(key),
                         id,
-                        shared: Arc::clone(&shared),
+                        shared: None,
                     },
                 );
                 id
@@ -155,7 +187,6 @@ impl Flights {
             flights: FlightsRef::Borrowed(self),
             hash,
             id,
-            shared,
             armed: true,
         })
     }
@@ -163,19 +194,29 @@ impl Flights {
     /// Ends the key's flight for callers arriving from now on (after a local write).
     pub(crate) fn forget(&self, key: &str) {
         let hash = self.hasher.hash(key.as_bytes());
-        let mut map = self.lock(hash);
-        if map.get(&hash).is_some_and(|slot| &*slot.key == key) {
-            map.remove(&hash);
+        let mut shard = self.lock(hash);
+        if shard.map.get(&hash).is_some_and(|slot| &*slot.key == key) {
+            if let Some(slot) = shard.map.remove(&hash) {
+                shard.detach(slot);
+            }
         }
     }
 
     /// Ends the flights of every key matching `predicate` (after a local clear).
     pub(crate) fn forget_matching(&self, predicate: impl Fn(&str) -> bool) {
         for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|_, slot| !predicate(&slot.key));
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let ended: Vec<u64> = shard
+                .map
+                .iter()
+                .filter(|(_, slot)| predicate(&slot.key))
+                .map(|(hash, _)| *hash)
+                .collect();
+            for hash in ended {
+                if let Some(slot) = shard.map.remove(&hash) {
+                    shard.detach(slot);
+                }
+            }
         }
     }
 }
@@ -189,7 +230,6 @@ impl Leader<'_> {
             flights: FlightsRef::Owned(owner),
             hash: self.hash,
             id: self.id,
-            shared: Arc::clone(&self.shared),
             armed: true,
         }
     }
@@ -201,36 +241,75 @@ impl Leader<'_> {
             || self
                 .flights
                 .lock(self.hash)
+                .map
                 .get(&self.hash)
                 .is_some_and(|slot| slot.id == self.id)
     }
 
-    /// Whether anyone is waiting for this flight.
-    pub(crate) fn has_followers(&self) -> bool {
-        self.shared.followers.load(Ordering::Acquire) > 0
+    /// Tells the followers, and callers that join from now until the flight ends.
+    pub(crate) fn publish(&self, state: FlightState) {
+        if self.id == 0 {
+            // Unregistered: nobody can join.
+            return;
+        }
+        let shared = self
+            .flights
+            .lock(self.hash)
+            .shared_of(self.hash, self.id, true);
+        if let Some(shared) = shared {
+            shared.set(state);
+        }
+    }
+}
+
+impl Leader<'_> {
+    /// Ends the flight and returns whoever joined it, to be told the outcome: one lock
+    /// where [`Self::has_followers`] then [`Self::publish`] take two (the read path).
+    /// Callers arriving from now on start a flight of their own.
+    pub(crate) fn finish(mut self) -> Option<Followers> {
+        self.armed = false;
+        self.end().map(Followers)
     }
 
-    pub(crate) fn publish(&self, state: FlightState) {
-        self.shared.set(state);
+    /// Removes the flight's slot (or detached state), returning its shared state.
+    fn end(&self) -> Option<Arc<Shared>> {
+        if self.id == 0 {
+            return None;
+        }
+        let mut shard = self.flights.lock(self.hash);
+        // A write may have replaced our slot with a newer flight: leave that one.
+        if shard.map.get(&self.hash).is_some_and(|s| s.id == self.id) {
+            shard.map.remove(&self.hash).and_then(|s| s.shared)
+        } else {
+            shard.detached.remove(&self.id)
+        }
     }
 }
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            // Finished without publishing (a panic, a cancel, nothing to share): dropping
+            // `Followers` releases whoever joined. After the slot is gone nobody can join.
+            drop(self.end().map(Followers));
         }
-        {
-            let mut map = self.flights.lock(self.hash);
-            // A write may have replaced our slot with a newer flight: leave that one.
-            if map.get(&self.hash).is_some_and(|slot| slot.id == self.id) {
-                map.remove(&self.hash);
-            }
-        }
-        // Finished without publishing (no followers then, a panic, a cancel): release
-        // whoever joined. After the slot is gone nobody else can join.
-        if self.has_followers() && matches!(self.shared.get(), FlightState::Running) {
-            self.shared.set(FlightState::NotCached);
+    }
+}
+
+/// The followers of a finished flight ([`Leader::finish`]): dropped without
+/// [`publish`](Self::publish), they do their own work.
+pub(crate) struct Followers(Arc<Shared>);
+
+impl Followers {
+    pub(crate) fn publish(self, state: FlightState) {
+        self.0.set(state);
+    }
+}
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        if matches!(self.0.get(), FlightState::Running) {
+            self.0.set(FlightState::NotCached);
         }
     }
 }
@@ -246,5 +325,148 @@ pub(crate) async fn wait(shared: Arc<Shared>) -> FlightState {
             FlightState::Running => notified.await,
             state => return state,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leader(role: Role<'_>) -> Leader<'_> {
+        match role {
+            Role::Leader(l) => l,
+            Role::Follower(_) => panic!("expected to lead"),
+        }
+    }
+
+    fn follower(role: Role<'_>) -> Arc<Shared> {
+        match role {
+            Role::Follower(s) => s,
+            Role::Leader(_) => panic!("expected to follow"),
+        }
+    }
+
+    /// Slots and detached states left in every shard (a finished flight leaves neither).
+    fn held(flights: &Flights) -> (usize, usize) {
+        flights.shards.iter().fold((0, 0), |(m, d), shard| {
+            let shard = shard.lock().unwrap();
+            (m + shard.map.len(), d + shard.detached.len())
+        })
+    }
+
+    fn done(bytes: &[u8]) -> FlightState {
+        FlightState::Done(Arc::from(bytes))
+    }
+
+    fn is_done(state: &FlightState, bytes: &[u8]) -> bool {
+        matches!(state, FlightState::Done(b) if &**b == bytes)
+    }
+
+    #[tokio::test]
+    async fn a_follower_gets_what_the_leader_publishes_after_finishing() {
+        let flights = Flights::default();
+        let l = leader(flights.join("k"));
+        let f = follower(flights.join("k"));
+        let waiting = tokio::spawn(wait(f));
+        tokio::task::yield_now().await;
+        l.finish().expect("a follower joined").publish(done(b"v"));
+        assert!(is_done(&waiting.await.unwrap(), b"v"));
+        assert_eq!(held(&flights), (0, 0));
+        // The next caller leads a flight of its own.
+        assert!(matches!(flights.join("k"), Role::Leader(_)));
+    }
+
+    #[test]
+    fn a_flight_nobody_joined_has_no_followers_and_leaves_nothing() {
+        let flights = Flights::default();
+        let l = leader(flights.join("k"));
+        assert!(l.finish().is_none());
+        assert_eq!(held(&flights), (0, 0));
+        let other = leader(flights.join("k"));
+        drop(other);
+        assert_eq!(held(&flights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn followers_do_their_own_work_when_the_leader_goes_without_publishing() {
+        let flights = Flights::default();
+        let l = leader(flights.join("k"));
+        let f = follower(flights.join("k"));
+        drop(l);
+        assert!(matches!(wait(f).await, FlightState::NotCached));
+        let l = leader(flights.join("k"));
+        let f = follower(flights.join("k"));
+        drop(l.finish());
+        assert!(matches!(wait(f).await, FlightState::NotCached));
+        assert_eq!(held(&flights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_published_value_reaches_callers_joining_until_the_flight_ends() {
+        let flights = Flights::default();
+        let l = leader(flights.join("k"));
+        l.publish(done(b"v"));
+        let late = follower(flights.join("k"));
+        assert!(is_done(&wait(late).await, b"v"));
+        drop(l);
+        assert_eq!(held(&flights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_flight_still_reaches_its_followers_but_not_later_callers() {
+        let flights = Flights::default();
+        let l = leader(flights.join("k"));
+        let f = follower(flights.join("k"));
+        flights.forget("k");
+        assert!(!l.is_current(), "a write ended the flight");
+        // A caller after the write never joins the read issued before it.
+        let newer = leader(flights.join("k"));
+        l.publish(done(b"old"));
+        assert!(is_done(&wait(f).await, b"old"));
+        drop(l);
+        assert!(
+            newer.is_current(),
+            "the old leader leaves the newer flight alone"
+        );
+        drop(newer);
+        assert_eq!(held(&flights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn flights_ended_by_a_clear_release_their_followers_and_leave_nothing() {
+        let flights = Flights::default();
+        let a = leader(flights.join("ns:a"));
+        let fa = follower(flights.join("ns:a"));
+        let b = leader(flights.join("ns:b"));
+        let keep = leader(flights.join("other:c"));
+        flights.forget_matching(|k| k.starts_with("ns:"));
+        assert_eq!(
+            held(&flights),
+            (1, 1),
+            "one detached state: the followed flight"
+        );
+        assert!(!a.is_current() && !b.is_current() && keep.is_current());
+        drop(a);
+        assert!(matches!(wait(fa).await, FlightState::NotCached));
+        let fb = b.finish();
+        assert!(fb.is_none());
+        drop(keep);
+        assert_eq!(held(&flights), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_owned_leader_carries_the_flight() {
+        let flights = Arc::new(Flights::default());
+        let l = leader(flights.join("k")).into_owned(Arc::clone(&flights));
+        assert_eq!(
+            held(&flights),
+            (1, 0),
+            "moving the leader does not end the flight"
+        );
+        let f = follower(flights.join("k"));
+        l.publish(done(b"v"));
+        drop(l);
+        assert!(is_done(&wait(f).await, b"v"));
+        assert_eq!(held(&flights), (0, 0));
     }
 }

@@ -243,24 +243,24 @@ impl Cache {
             },
             Role::Leader(leader) => {
                 let result = self.read_direct(key, ident).await;
-                if !leader.has_followers() {
+                let Some(followers) = leader.finish() else {
                     return result;
-                }
+                };
                 match result {
                     Ok(Some(bytes)) => {
                         let shared = bytes.into_shared();
-                        leader.publish(FlightState::Done(Arc::clone(&shared)));
+                        followers.publish(FlightState::Done(Arc::clone(&shared)));
                         Ok(Some(Bytes::Shared(shared)))
                     }
                     Ok(None) => {
-                        leader.publish(FlightState::Absent);
+                        followers.publish(FlightState::Absent);
                         Ok(None)
                     }
                     Err(e) => {
                         if e.is_connection_fault() {
-                            leader.publish(FlightState::Failed);
+                            followers.publish(FlightState::Failed);
                         }
-                        // Otherwise followers retry on their own (the leader's drop tells them).
+                        // Otherwise followers retry on their own (dropping them tells them).
                         Err(e)
                     }
                 }

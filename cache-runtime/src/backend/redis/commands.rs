@@ -132,7 +132,10 @@ impl RedisBackend {
                             Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
                             Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
                         }
-                        .map_err(|e| self.classifier.classify(&e))
+                        .map_err(|e| {
+                            lane.failed(&e);
+                            self.classifier.classify(&e)
+                        })
                     }
                     Topology::Cluster(cluster) => {
                         Box::pin(self.send_cluster(cluster, request)).await

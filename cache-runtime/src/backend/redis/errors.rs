@@ -27,10 +27,10 @@ pub(crate) struct Classifier {
     port: u16,
     tls: bool,
     socket_timeout: Duration,
-    /// Set when the server refused our credentials. A `ConnectionManager` whose connect
-    /// failed authentication keeps that failed connect and answers every later request
-    /// with it (it reconnects only after I/O errors), so it would never notice that the
-    /// password works again: the pool replaces its connections when it sees this.
+    /// Set when the server refused our credentials (a connection that authenticated
+    /// before, say, re-authenticating after the password changed): a refusal is not an
+    /// I/O error, so the lane would stay; the pool replaces its connections when it sees
+    /// this, so that the password is tried afresh.
     credentials_refused: Arc<AtomicBool>,
 }
 

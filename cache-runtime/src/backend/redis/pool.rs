@@ -6,16 +6,19 @@
 //! that is not stalled (requests in flight, no completion for a few round trips); when the
 //! best lane is stalled or very busy and fewer than `REDIS_CONNECTION_POOL_MAX_SIZE` exist,
 //! another opens in the background. One lane pipelines small requests best, so lanes are
-//! not added merely because requests overlap. Each lane is a `ConnectionManager`, which
-//! reconnects after a server restart (a bare `MultiplexedConnection` never does).
+//! not added merely because requests overlap. Each lane is a bare `MultiplexedConnection`:
+//! a request that finds its connection gone (the server restarted, the socket was reset)
+//! retires the lane, and the next request opens a fresh one. (A `ConnectionManager` does
+//! the same in the background, at ~600 instructions per request for its indirection:
+//! BENCHMARKS.md.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::Client;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client};
 
 use super::errors::Classifier;
 use crate::backend::PoolStats;
@@ -36,7 +39,9 @@ const GROW_AT_IN_FLIGHT: usize = 128;
 const PLAIN_CHECK_AFTER: Duration = Duration::from_millis(250);
 
 pub(super) struct Lane {
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: MultiplexedConnection,
+    /// Set when a request found the connection gone: the lane is then retired.
+    broken: AtomicBool,
     in_flight: AtomicUsize,
     /// Microseconds since the pool's epoch of the last completion (or start from idle).
     progress_us: AtomicU64,
@@ -58,7 +63,16 @@ impl Drop for RuntimeAlive {
 
 impl Lane {
     fn alive(&self) -> bool {
-        self.runtime_alive.load(Ordering::Acquire)
+        self.runtime_alive.load(Ordering::Acquire) && !self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Notes a request's error: one that says the connection is gone (closed, reset, a
+    /// restarted server; not a timeout or a server's error reply) retires the lane, so the
+    /// next request connects afresh.
+    pub(super) fn failed(&self, e: &redis::RedisError) {
+        if e.is_unrecoverable_error() && !self.broken.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "cache_runtime::connection", error = %e, "connection lost: the next request opens another");
+        }
     }
 
     fn stalled(&self, now_us: u64, stall_us: u64) -> bool {
@@ -177,15 +191,12 @@ impl Pool {
             .any(|l| l.in_flight.load(Ordering::Relaxed) > 0)
     }
 
-    fn manager_config(&self) -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
+    fn connection_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
             // Requests are bounded once, by the request guard (one timer per request, and it
             // also covers waiting for a connection).
             .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500))
     }
 
     /// Resolves with a TLS error if the port turns out to serve plain Redis (see
@@ -205,9 +216,11 @@ impl Pool {
     }
 
     async fn open_lane(&self) -> Result<Arc<Lane>, CacheError> {
-        let connect =
-            ConnectionManager::new_with_config(self.client.clone(), self.manager_config());
-        // The driver bounds each attempt; this bounds the whole, retries included.
+        let config = self.connection_config();
+        let connect = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        // The driver bounds the TCP connect; this bounds the whole, TLS and AUTH included.
         let connect = tokio::time::timeout(self.connect_timeout, connect);
         let conn = tokio::select! {
             connected = connect => match connected {
@@ -231,6 +244,7 @@ impl Pool {
         });
         let lane = Arc::new(Lane {
             conn,
+            broken: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             progress_us: AtomicU64::new(micros(self.epoch)),
             runtime_alive,
@@ -365,7 +379,7 @@ impl Pool {
                     .cloned()
                     .collect::<Vec<_>>()
             });
-            tracing::debug!(target: "cache_runtime::connection", "dropped connections whose runtime shut down");
+            tracing::debug!(target: "cache_runtime::connection", "dropped connections that were lost or whose runtime shut down");
             lanes = self.lanes.load();
         }
         if let [only] = lanes.as_slice() {
