@@ -113,38 +113,38 @@ impl RedisBackend {
         // first lane and the cluster's path are boxed, so the future every request moves
         // through its callers (and into `dispatch_async!`'s box) stays small; measured,
         // its copies were a quarter of a concurrent hit's instructions.
-        let result = self
-            .guard
-            .run(async {
-                let topology = match self.topology.get() {
-                    Some(t) => t,
-                    None => Box::pin(self.topology()).await?,
-                };
-                match topology {
-                    Topology::Standalone => {
-                        let lane = match self.pool.pick_now() {
-                            Some(lane) => lane,
-                            None => Box::pin(self.pool.lane()).await?,
-                        };
-                        let _in_flight = InFlight::start(&self.pool, &lane);
-                        let mut conn = lane.conn.clone();
-                        match request {
-                            Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                            Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
-                        }
-                        .map_err(|e| {
-                            lane.failed(&e);
-                            self.classifier.classify(&e)
-                        })
+        let request = self.guard.run(async {
+            let topology = match self.topology.get() {
+                Some(t) => t,
+                None => Box::pin(self.topology()).await?,
+            };
+            match topology {
+                Topology::Standalone => {
+                    let lane = match self.pool.pick_now() {
+                        Some(lane) => lane,
+                        None => Box::pin(self.pool.lane()).await?,
+                    };
+                    let _in_flight = InFlight::start(&self.pool, &lane);
+                    let mut conn = lane.conn.clone();
+                    match request {
+                        Request::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                        Request::Pipe(pipe) => pipe.query_async(&mut conn).await,
                     }
-                    Topology::Cluster(cluster) => {
-                        Box::pin(self.send_cluster(cluster, request)).await
-                    }
-                    Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
+                    .map_err(|e| {
+                        lane.failed(&e);
+                        self.classifier.classify(&e)
+                    })
                 }
-            })
-            .instrument(span.clone())
-            .await;
+                Topology::Cluster(cluster) => Box::pin(self.send_cluster(cluster, request)).await,
+                Topology::Refused(why) => Err(CacheError::WrongTopology(why.clone())),
+            }
+        });
+        // Entering a disabled span on every poll is a few hundred instructions a request.
+        let result = if span.is_disabled() {
+            request.await
+        } else {
+            request.instrument(span.clone()).await
+        };
         crate::metrics::spans::failed(&span, &result);
         if let (Err(e), Some(cluster)) = (&result, self.cluster()) {
             // Requests that only ever reach a node that is gone never get the redirect
