@@ -666,6 +666,57 @@ async fn reconnects_after_a_server_restart() {
     );
 }
 
+/// The server closes our connections while it keeps running (`CLIENT KILL`, an idle
+/// timeout, a proxy): the request that finds its connection gone fails, the lane is
+/// retired, and the next request opens a fresh connection: no lasting fault, no lane
+/// left dead in the pool, no connection leaked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_by_the_server_is_replaced_by_the_next_request() {
+    let server = RedisServer::plain();
+    let c = cache(builder(&server.url()).pool_max_size(2));
+    roundtrip(&c).await;
+    let ns = c.namespace("conn").unwrap();
+    let mut raw = raw_client(&server);
+    for round in 0..3 {
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut raw)
+            .unwrap();
+        assert!(killed >= 1, "round {round}: no connection of ours to kill");
+        // At most the first request after the kill fails, with a connection fault.
+        let mut failed = 0;
+        let mut value = None;
+        for _ in 0..3 {
+            match ns.get::<String>("k").await {
+                Ok(v) => {
+                    value = v;
+                    break;
+                }
+                Err(e) => {
+                    assert!(e.is_connection_fault(), "round {round}: {e:?}");
+                    failed += 1;
+                }
+            }
+        }
+        assert!(failed <= 1, "round {round}: {failed} requests failed");
+        assert_eq!(value.as_deref(), Some("v"), "round {round}");
+        let stats = c.pool_stats().unwrap();
+        assert!(
+            (1..=2).contains(&stats.created_connections),
+            "round {round}: {stats:?}"
+        );
+    }
+    let health = c.health().await;
+    assert_eq!((health.status, health.circuit_open), ("healthy", false));
+    // The server sees only live connections: ours (at most 2) and the raw one.
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut raw).unwrap();
+    assert!(list.lines().count() <= 3, "{list}");
+}
+
 // ------------------------------------------------------ pool and timeouts
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,9 @@ impl RedisBackend {
             .arg("cluster")
             .query_async(&mut conn)
             .await;
+        if let Err(e) = &info {
+            lane.failed(e);
+        }
         let cluster_enabled = match info {
             Ok(text) => parse_info(&text).get("cluster_enabled") == Some(&"1"),
             Err(e) => match self.classifier.classify(&e) {
