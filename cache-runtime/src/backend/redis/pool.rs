@@ -9,7 +9,7 @@
 //! not added merely because requests overlap. Each lane is a bare `MultiplexedConnection`:
 //! a request that finds its connection gone (the server restarted, the socket was reset)
 //! retires the lane, and the next request opens a fresh one. (A `ConnectionManager` does
-//! the same in the background, at ~600 instructions per request for its indirection:
+//! the same in the background, at ~450 instructions per request for its indirection:
 //! BENCHMARKS.md.)
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
