@@ -89,15 +89,12 @@ struct Shard {
 }
 
 impl Shard {
-    /// The shared state of flight `id` (registered at `hash`), if it has one; `create`
-    /// makes one when it has none and is still registered.
-    fn shared_of(&mut self, hash: u64, id: u64, create: bool) -> Option<Arc<Shared>> {
+    /// The shared state of flight `id` (registered at `hash`), made if it has none yet;
+    /// of a flight ended early, the state its followers kept; `None` once it ended.
+    fn shared_of(&mut self, hash: u64, id: u64) -> Option<Arc<Shared>> {
         match self.map.get_mut(&hash) {
             Some(slot) if slot.id == id => {
-                if create && slot.shared.is_none() {
-                    slot.shared = Some(Shared::new());
-                }
-                slot.shared.clone()
+                Some(Arc::clone(slot.shared.get_or_insert_with(Shared::new)))
             }
             _ => self.detached.get(&id).cloned(),
         }
@@ -252,20 +249,15 @@ impl Leader<'_> {
             // Unregistered: nobody can join.
             return;
         }
-        let shared = self
-            .flights
-            .lock(self.hash)
-            .shared_of(self.hash, self.id, true);
+        let shared = self.flights.lock(self.hash).shared_of(self.hash, self.id);
         if let Some(shared) = shared {
             shared.set(state);
         }
     }
-}
 
-impl Leader<'_> {
-    /// Ends the flight and returns whoever joined it, to be told the outcome: one lock
-    /// where [`Self::has_followers`] then [`Self::publish`] take two (the read path).
-    /// Callers arriving from now on start a flight of their own.
+    /// Ends the flight and returns whoever joined it, to be told the outcome (the read
+    /// path: one lock, and no shared state made for a flight nobody joined). Callers
+    /// arriving from now on start a flight of their own.
     pub(crate) fn finish(mut self) -> Option<Followers> {
         self.armed = false;
         self.end().map(Followers)

@@ -27,10 +27,10 @@ pub(crate) struct Classifier {
     port: u16,
     tls: bool,
     socket_timeout: Duration,
-    /// Set when the server refused our credentials (a connection that authenticated
-    /// before, say, re-authenticating after the password changed): a refusal is not an
-    /// I/O error, so the lane would stay; the pool replaces its connections when it sees
-    /// this, so that the password is tried afresh.
+    /// Set when the server refused our credentials. A refusal on a connection that is
+    /// open (a proxy after a credential rotation, say) is not an I/O error, so its lane
+    /// would stay: the pool replaces its connections when it sees this, so that each
+    /// authenticates afresh.
     credentials_refused: Arc<AtomicBool>,
 }
 
