@@ -146,69 +146,78 @@ fn key_in(cache: &Selected, bound: &BoundRef<'_>, key: &CallKey) -> Option<Strin
 
 /// The call past the L1: `cache` is the site's ([`Site::cache`]), none when the
 /// configuration is invalid (the body just runs).
-async fn run_in<S, R, Fut, D>(
+///
+/// An `async move` block rather than an `async fn`: an `async fn` copies its arguments
+/// into locals that its future keeps beside them, and this future is boxed on every call
+/// that reaches the store; at more than 1 KiB, glibc serves the box from its slow path
+/// (a few hundred instructions a hit).
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn run_in<S, R, Fut, D>(
     site: &'static Site,
     cache: Option<Selected>,
     key: CallKey,
     copier: Option<Copier<S::Stored>>,
     body: Fut,
     span: tracing::Span,
-) -> R
+) -> impl Future<Output = R>
 where
     S: Returns<R>,
     Fut: Future<Output = R>,
     D: Detach<R, Fut>,
 {
-    let Some(cache) = cache else {
-        return body.await;
-    };
-    let bound = site.bound(&cache);
-    let Some(full) = key_in(&cache, &bound, &key) else {
-        tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
-        return body.await;
-    };
-    crate::metrics::spans::bind(&span, &cache);
-    let r = bound.resilience;
-    let mut store = true;
-    let mut stale = None;
-    let read = cache
-        .read_entry::<S::Stored>(
+    async move {
+        let Some(cache) = cache else {
+            return body.await;
+        };
+        let bound = site.bound(&cache);
+        let Some(full) = key_in(&cache, &bound, &key) else {
+            tracing::warn!(target: "cache_runtime::store", function = site.function, "an argument could not be serialised; call not cached");
+            return body.await;
+        };
+        crate::metrics::spans::bind(&span, &cache);
+        // Boxed apart: with the read inline, this future passed 1 KiB (above, on `run_in`).
+        let read = Box::pin(cache.read_entry::<S::Stored>(
             &bound.counters,
             &full,
             key.ident(),
             key.shape(),
-            !r.fail_safe.is_zero(),
+            !bound.resilience.fail_safe.is_zero(),
             copier,
-        )
-        .await;
-    crate::metrics::spans::read(&span, &read);
-    match read {
-        Ok(Entry::Fresh { value, fresh_until }) => {
-            if let (Some(fraction), Some(until)) = (r.refresh_ahead, fresh_until) {
-                if resilience::refresh_due(until, bound.ttl, fraction) {
-                    refresh_ahead::<S, R, Fut, D>(&cache, bound, full, key, body);
+        ));
+        let read = read.await;
+        crate::metrics::spans::read(&span, &read);
+        // Past the read's await: the future keeps no room for these meanwhile.
+        let r = bound.resilience;
+        let mut store = true;
+        let mut stale = None;
+        match read {
+            Ok(Entry::Fresh { value, fresh_until }) => {
+                if let (Some(fraction), Some(until)) = (r.refresh_ahead, fresh_until) {
+                    if resilience::refresh_due(until, bound.ttl, fraction) {
+                        refresh_ahead::<S, R, Fut, D>(&cache, bound, full, key, body);
+                    }
                 }
+                return S::rebuild(value);
             }
-            return S::rebuild(value);
+            Ok(Entry::Stale(value)) => stale = Some(value),
+            Ok(Entry::Missing) => {}
+            // The breaker already said so once; don't log every bypassed call.
+            Err(e) if e.reported_by_breaker() => {
+                store = false;
+                tracing::debug!(target: "cache_runtime::store", key = %full, "skip: cache bypassed");
+            }
+            Err(e) => {
+                store = !e.trips_breaker();
+                tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
+            }
         }
-        Ok(Entry::Stale(value)) => stale = Some(value),
-        Ok(Entry::Missing) => {}
-        // The breaker already said so once; don't log every bypassed call.
-        Err(e) if e.reported_by_breaker() => {
-            store = false;
-            tracing::debug!(target: "cache_runtime::store", key = %full, "skip: cache bypassed");
-        }
-        Err(e) => {
-            store = !e.trips_breaker();
-            tracing::warn!(target: "cache_runtime::store", key = %full, error = %e, "cache read failed; running the function");
-        }
+        // The miss path in a box of its own, so the future every hit awaits (and its caller
+        // moves) stays small: its copies were a tenth of a Redis hit's instructions.
+        Box::pin(miss::<S, R, Fut, D>(
+            site, cache, bound, full, key, body, stale, store,
+        ))
+        .await
     }
-    // The miss path in a box of its own, so the future every hit awaits (and its caller
-    // moves) stays small: its copies were a tenth of a Redis hit's instructions.
-    Box::pin(miss::<S, R, Fut, D>(
-        site, cache, bound, full, key, body, stale, store,
-    ))
-    .await
 }
 
 /// A miss (or a stale entry): one body run per key, stored by its leader.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument as _;
 
-use super::batch::{Entry, Waiter};
+use super::batch::{Entry, Queued, Reply, Waiter};
 use super::cluster::{Cluster, NodeLine};
 use super::errors::refuses_command;
 use super::pool::InFlight;
@@ -78,6 +78,11 @@ struct Scan {
     cluster: Option<Arc<Cluster>>,
     started: bool,
 }
+
+/// Whether this client may PUBLISH invalidation announcements (`RedisBackend::announce`).
+const ANNOUNCE_UNKNOWN: u8 = 0;
+const ANNOUNCE_ALLOWED: u8 = 1;
+const ANNOUNCE_DENIED: u8 = 2;
 
 #[derive(Clone, Copy)]
 enum Request<'a> {
@@ -184,9 +189,11 @@ impl RedisBackend {
             return Ok(());
         }
         let pubsub = &self.pubsub;
+        // The first contact's discovery boxed, as the permission check below: every write's
+        // future (boxed by the dispatch) stays under 1 KiB, glibc's fast path.
         let topology = match self.topology.get() {
             Some(t) => t,
-            None => self.guard.run(self.topology()).await?,
+            None => Box::pin(self.guard.run(self.topology())).await?,
         };
         pubsub.announce_keys(pipe, keys, matches!(topology, Topology::Cluster(_)));
         Ok(())
@@ -198,28 +205,30 @@ impl RedisBackend {
     /// pipeline: its writes then go unannounced, with one warning (peers' L1s on the
     /// pub/sub fallback miss them; tracking sees them anyway).
     async fn may_announce(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        const UNKNOWN: u8 = 0;
-        const ALLOWED: u8 = 1;
-        const DENIED: u8 = 2;
-        match self.announce.load(Ordering::Relaxed) {
-            ALLOWED => return true,
-            DENIED => return false,
-            _ => {}
+        match self.announce.load(std::sync::atomic::Ordering::Relaxed) {
+            ANNOUNCE_ALLOWED => true,
+            ANNOUNCE_DENIED => false,
+            _ => Box::pin(self.ask_may_announce()).await,
         }
+    }
+
+    /// [`Self::may_announce`]'s question to the server (once, unless a fault hid the
+    /// answer).
+    async fn ask_may_announce(&self) -> bool {
+        use std::sync::atomic::Ordering;
         let mut pipe = redis::pipe();
         self.pubsub
             .announce_keys(&mut pipe, std::iter::empty(), false);
         match self.query_pipe::<()>(&pipe).await {
             Ok(()) => {
-                self.announce.store(ALLOWED, Ordering::Relaxed);
+                self.announce.store(ANNOUNCE_ALLOWED, Ordering::Relaxed);
                 true
             }
             Err(CacheError::Auth {
                 cause: crate::error::AuthCause::Permission,
                 detail,
             }) => {
-                if self.announce.swap(DENIED, Ordering::Relaxed) == UNKNOWN {
+                if self.announce.swap(ANNOUNCE_DENIED, Ordering::Relaxed) == ANNOUNCE_UNKNOWN {
                     tracing::warn!(target: "cache_runtime::l1", error = %detail, "this Redis user may not PUBLISH on the invalidation channel: writes are not announced, so other processes' L1 on the pub/sub fallback will not see them (client tracking still does); grant the channel (ACL SETUSER <user> &<prefix>:__invalidate*) to announce");
                 }
                 false
@@ -330,57 +339,38 @@ impl RedisBackend {
 
     /// A GET on a standalone server, alone or in the next MGET (see `batch.rs`).
     async fn get_batched(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        let get_alone = || async {
-            let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
-            Ok::<_, CacheError>(value)
-        };
         let stall = self.pool.stall_after();
-        let value = match self.batch.enter(key, stall) {
-            Entry::Alone(slot) => {
-                let value = get_alone().await;
-                drop(slot);
-                value
-            }
-            Entry::Direct => get_alone().await,
+        // One GET below for every way that reads alone: a single await of it keeps this
+        // future small (no branch holds a second copy of its state).
+        let slot = match self.batch.enter(key, stall) {
+            Entry::Alone(slot) => Some(slot),
+            Entry::Direct => None,
             // Boxed: the ranged read's state would make every read's future larger.
-            Entry::Large => Box::pin(self.get_large(key))
-                .await
-                .map(|v| v.map(|(v, _)| v)),
-            Entry::Queued(mut queued) => {
-                // Taken by the collector within the stall bound, or read alone: a late
-                // collector (its caller no longer polls it) holds no read.
-                let answer = match tokio::time::timeout(stall, &mut queued.answer).await {
-                    Ok(answer) => Some(answer),
-                    Err(_) if queued.withdraw() => None,
-                    // In the batch sent: its MGET has the socket timeout.
-                    Err(_) => {
-                        let timeout = self.config.socket_timeout;
-                        match tokio::time::timeout(timeout, &mut queued.answer).await {
-                            Ok(answer) => Some(answer),
-                            Err(_) => return Err(CacheError::Timeout(timeout)),
-                        }
-                    }
-                };
-                return match answer {
-                    Some(Ok(reply)) => reply,
-                    // Withdrawn, or the collector went away (its caller dropped it), or
-                    // the server refused the MGET: read alone.
-                    Some(Err(_)) | None => get_alone().await,
-                };
+            Entry::Large => {
+                return Box::pin(self.get_large(key))
+                    .await
+                    .map(|v| v.map(|(v, _)| v))
             }
+            Entry::Queued(queued) => match self.wait_queued(queued, stall).await {
+                Some(reply) => return reply,
+                // Withdrawn, or the collector went away (its caller dropped it), or the
+                // server refused the MGET: read alone.
+                None => None,
+            },
             Entry::Collect(collector) => {
                 let (slot, waiters) = collector.turn(stall).await;
-                if waiters.is_empty() {
-                    let value = get_alone().await;
-                    drop(slot);
-                    value
-                } else {
-                    let value = self.mget(key, waiters).await;
+                if !waiters.is_empty() {
+                    // Boxed: one allocation per batch, and every read's future stays
+                    // small (an MGET's state doubled it).
+                    let value = Box::pin(self.mget(key, waiters)).await;
                     drop(slot);
                     return value;
                 }
+                Some(slot)
             }
         };
+        let value = self.get_one(key).await;
+        drop(slot);
         match &value {
             Ok(Some(v)) => self.batch.saw(key, v.len()),
             // Perhaps a value too large to arrive in time: never batch it with others.
@@ -388,6 +378,31 @@ impl RedisBackend {
             _ => {}
         }
         value
+    }
+
+    /// A queued read's answer from its batch, or `None` when it must read alone: taken by
+    /// the collector within the stall bound, or withdrawn (a late collector, whose caller
+    /// no longer polls it, holds no read).
+    async fn wait_queued(&self, mut queued: Queued<'_>, stall: Duration) -> Option<Reply> {
+        let answer = match tokio::time::timeout(stall, &mut queued.answer).await {
+            Ok(answer) => answer,
+            Err(_) if queued.withdraw() => return None,
+            // In the batch sent: its MGET has the socket timeout.
+            Err(_) => {
+                let timeout = self.config.socket_timeout;
+                match tokio::time::timeout(timeout, &mut queued.answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Some(Err(CacheError::Timeout(timeout))),
+                }
+            }
+        };
+        // An error: the collector went away or the server refused the MGET.
+        answer.ok()
+    }
+
+    /// One GET.
+    async fn get_one(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        self.query(redis::cmd("GET").arg(key)).await
     }
 
     /// One MGET for the collector's key and its waiters'; each waiter gets its answer.
@@ -1172,5 +1187,38 @@ impl RedisBackend {
         memory.used_human = memory.used.map(crate::backend::human_bytes);
         memory.nodes = server.nodes.clone();
         Ok((server, memory))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// glibc serves allocations up to 1032 bytes from its per-thread cache; a larger box
+    /// takes its slow path, a few hundred instructions a request.
+    const GLIBC_FAST: usize = 1032;
+
+    #[test]
+    fn a_read_and_a_write_are_boxed_under_a_kibibyte() {
+        let config = crate::config::CacheConfig::builder()
+            .url("redis://127.0.0.1:1")
+            .build()
+            .unwrap();
+        let crate::config::BackendConfig::Redis(redis) = &config.backend else {
+            panic!("a redis:// URL configures Redis");
+        };
+        let b = RedisBackend::new(redis, "p", false).unwrap();
+        // The futures `dispatch_async!` boxes on every read and write.
+        let get = std::mem::size_of_val(&b.get("k"));
+        assert!(get <= GLIBC_FAST, "a GET's future is {get} bytes");
+        let write = Write {
+            key: "k",
+            value: b"v",
+            ttl: None,
+            index: None,
+            tags: &[],
+        };
+        let set = std::mem::size_of_val(&b.set(write));
+        assert!(set <= GLIBC_FAST, "a SET's future is {set} bytes");
     }
 }
