@@ -10,8 +10,8 @@
 //! Roles: the first read that must wait becomes the batch's *collector*: it waits for a
 //! read in flight to complete or for [`BATCH_GO`] reads to queue (at most the stall bound,
 //! so a large value streaming does not hold the batch), takes every read that queued
-//! meanwhile (at most [`MAX_BATCH`] keys), sends the MGET under the request guard (timer, breaker) and hands each waiter
-//! its value or the error. Nothing depends on the collector's caller polling it for
+//! meanwhile (at most [`MAX_BATCH`] keys), sends the MGET under the request guard (timer,
+//! breaker) and hands each waiter its value or the error. Nothing depends on the collector's caller polling it for
 //! long: a waiter not taken within the stall bound withdraws and reads alone, and once a
 //! collector has waited past the stall bound new reads stop queuing behind it. A waiter
 //! whose collector is dropped reads alone. Keys whose value was large (or whose read
@@ -42,8 +42,8 @@ pub(super) const MAX_BATCH: usize = 64;
 /// pipelined (the server answers one while the next fills), where one large MGET per round
 /// trip leaves the server idle while its waiters decode and then wakes them all at once.
 /// Rows b2/b3 of `cache-bench --only b` (64 tasks, ours / raw, mean of runs): without it
-/// 0.92x / 0.88x (6 runs); 4: 0.92x / 0.85x (3); 8: 1.04x / 0.98x (6); 12: 0.96x / 0.95x (3);
-/// 16: 0.95x / 0.93x (3).
+/// 0.92x / 0.88x (3 runs); 4: 0.92x / 0.85x (3); 8: 1.04x / 0.98x (6); 12: 0.96x / 0.95x
+/// (3); 16: 0.95x / 0.93x (3).
 const BATCH_GO: usize = 8;
 /// A value at least this large marks its key to be read alone from then on.
 const LARGE: usize = 256 * 1024;
