@@ -180,7 +180,7 @@ pub struct RedisConfig {
     pub tls: Option<TlsConfig>,
     /// Upper bound of connections.
     pub pool_max_size: NonZeroUsize,
-    /// Concurrent GETs go out as one MGET (standalone servers; `REDIS_BATCH_READS`).
+    /// Concurrent GETs go out together as MGETs (standalone servers; `REDIS_BATCH_READS`).
     pub batch_reads: bool,
     /// Values seen to be large are read in ranges of this many bytes, one value at a time
     /// per process (standalone servers; `0`: whole; `REDIS_READ_RANGE`).

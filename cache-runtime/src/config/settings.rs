@@ -164,7 +164,7 @@ settings! {
     cluster_nodes: Vec<NodeAddr> = "REDIS_CLUSTER_NODES", value, parse::node_list, shown, Unset("none: `REDIS_URL`/`REDIS_HOST` is the seed");
     /// Most connections to Redis.
     pool_max_size: usize = "REDIS_CONNECTION_POOL_MAX_SIZE", value, parse::size::<1, 10_000>, shown, Value("50");
-    /// Concurrent GETs on a standalone server: past 4 in flight, the next ones go out together as one MGET (fewer round trips and server commands under load; a few concurrent reads are sent at once).
+    /// Concurrent GETs on a standalone server: past 4 in flight, the next ones go out together as MGETs, each once 8 wait or a read completes (fewer round trips and server commands under load; a few concurrent reads are sent at once).
     batch_reads: bool = "REDIS_BATCH_READS", value, parse::boolean, shown, Value("true");
     /// Values seen to be 256 KiB or more are read in ranges of this many bytes on a connection of their own, one large value at a time per process and one range in flight while other requests are, so a single-threaded Redis never stalls other clients' requests while it copies one large reply (standalone servers; `0`: read them whole and at once).
     read_range: usize = "REDIS_READ_RANGE", value, parse::size::<0, 536_870_912>, shown, Value("262144");
