@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -72,7 +71,6 @@ struct Slot {
 
 pub(crate) struct Flights {
     shards: [Mutex<Shard>; SHARDS],
-    next_id: AtomicU64,
     hasher: KeyedHash,
 }
 
@@ -86,6 +84,8 @@ struct Shard {
     /// The shared state of flights ended early ([`Flights::forget`]) that someone joined,
     /// by flight id: their leader still publishes to those followers.
     detached: HashMap<u64, Arc<Shared>, BuildHasherDefault<PassThrough>>,
+    /// The id of the flight registered last here (0: none yet; ids start at 1).
+    last_id: u64,
 }
 
 impl Shard {
@@ -112,7 +112,6 @@ impl Default for Flights {
     fn default() -> Self {
         Self {
             shards: std::array::from_fn(|_| Mutex::default()),
-            next_id: AtomicU64::new(1),
             hasher: KeyedHash::new(),
         }
     }
@@ -168,7 +167,10 @@ impl Flights {
             // Another key with the same hash is in flight: lead alone, unregistered.
             Some(_) => 0,
             None => {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                // Unique within the shard, which is all that ids are compared in (a
+                // counter per shard: no atomic shared by every core's reads).
+                shard.last_id += 1;
+                let id = shard.last_id;
                 shard.map.insert(
                     hash,
                     Slot {
