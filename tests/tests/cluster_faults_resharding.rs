@@ -139,9 +139,10 @@ async fn moved_and_ask_are_followed_nothing_is_lost_and_a_clear_leaves_nothing_s
     );
     assert_eq!(wrong.load(SeqCst), 0);
     assert!(calls.load(SeqCst) > 500, "the load ran");
-    // On a loaded machine the migration can time requests out until the breaker opens
-    // (correct: calls then run their bodies); its probe closes it within a second. Until
-    // then every call would bypass the cache, which says nothing about the entries.
+    // On a loaded machine every cluster request can hang for one socket timeout right
+    // after a slot's migration ends (seen beside a callgrind run; not fixed): the timeouts
+    // open the breaker, and its probe closes it within a second. Until then every call
+    // bypasses the cache, which says nothing about the entries.
     let waited = Instant::now();
     while cache.health().await.circuit_open {
         assert!(

@@ -11,9 +11,10 @@
 //! read in flight to complete or for [`BATCH_GO`] reads to queue (at most the stall bound,
 //! so a large value streaming does not hold the batch), takes every read that queued
 //! meanwhile (at most [`MAX_BATCH`] keys), sends the MGET under the request guard (timer,
-//! breaker) and hands each waiter its value or the error. Nothing depends on the collector's caller polling it for
-//! long: a waiter not taken within the stall bound withdraws and reads alone, and once a
-//! collector has waited past the stall bound new reads stop queuing behind it. A waiter
+//! breaker) and hands each waiter its value or the error. Nothing depends on the
+//! collector's caller polling it for long: a waiter not taken within the stall bound
+//! withdraws and reads alone, and once a collector has waited past the stall bound new
+//! reads stop queuing behind it. A waiter
 //! whose collector is dropped reads alone. Keys whose value was large (or whose read
 //! timed out) are remembered, the last [`LARGE_KEYS`] of them, and read alone, so small
 //! values are not batched behind a large one.
@@ -209,7 +210,7 @@ impl Batcher {
             reply,
         });
         // A batch large enough to go: the collector need not wait for a completion.
-        let go = state.queue.len() + 1 >= BATCH_GO;
+        let go = state.batch_ready();
         drop(state);
         if go {
             self.turn.notify_one();
@@ -268,6 +269,11 @@ impl Batcher {
 }
 
 impl State {
+    /// Whether the queue and the collector's own key make [`BATCH_GO`] reads.
+    fn batch_ready(&self) -> bool {
+        self.queue.len() + 1 >= BATCH_GO
+    }
+
     /// Whether the key of hash `h` is remembered, and if so whether as large (`true`) or
     /// only slow.
     fn kind(&self, h: u64) -> Option<bool> {
@@ -288,7 +294,7 @@ impl<'a> Collector<'a> {
         loop {
             {
                 let mut state = batcher.lock();
-                if overdue || state.in_flight < MAX_ALONE || state.queue.len() + 1 >= BATCH_GO {
+                if overdue || state.in_flight < MAX_ALONE || state.batch_ready() {
                     state.in_flight += 1;
                     state.collecting = None;
                     let queue = std::mem::take(&mut state.queue);

@@ -1199,7 +1199,7 @@ mod tests {
     const GLIBC_FAST: usize = 1032;
 
     #[test]
-    fn a_read_and_a_write_are_boxed_under_a_kibibyte() {
+    fn a_read_and_a_write_fit_glibcs_thread_cache() {
         let config = crate::config::CacheConfig::builder()
             .url("redis://127.0.0.1:1")
             .build()
